@@ -1,0 +1,131 @@
+"""T5 multi-head attention and the masks that feed it.
+
+T5 does not scale scores by 1/sqrt(H) (the scale is folded into the query initialisation).
+Scores, bias and softmax are computed in float32 whatever the compute dtype. Masks are
+boolean, True where a query may attend to a key, shaped (B, 1, T, S) so they broadcast
+over heads:
+
+    mask = combine_masks(key_padding_mask(k_valid), causal_mask(q_pos, k_pos))
+    out = attn(x, x, bias=position_bias, mask=mask)          # self-attention
+    out = attn(y, encoded, mask=key_padding_mask(x_valid))   # cross-attention
+
+Shapes: B batch, T query length, S key length, D d_model, N heads, H head dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.layers import normal, param
+
+# Large finite negative: a fully masked row stays finite (uniform) instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def key_padding_mask(key_valid: jax.Array) -> jax.Array:
+    """(B, S) -> (B, 1, 1, S): the key is a real token.
+
+    As in T5 and HF, only keys are masked: a padded query still produces (ignored) output,
+    which keeps every row of the softmax non-empty.
+    """
+    return key_valid.astype(bool)[:, None, None, :]
+
+
+def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """(T,), (S,) -> (1, 1, T, S): key position <= query position."""
+    return (key_positions[None, :] <= query_positions[:, None])[None, None]
+
+
+def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
+    """(B, T), (B, S) -> (B, 1, T, S): same packed segment, and the key is not padding (id 0)."""
+    same = query_segments[:, :, None] == key_segments[:, None, :]
+    return (same & (key_segments[:, None, :] != 0))[:, None]
+
+
+def prefix_mask(is_prefix: jax.Array) -> jax.Array:
+    """(B, T) -> (B, 1, T, T): prefix-LM, tokens of the prefix see each other bidirectionally."""
+    p = is_prefix.astype(bool)
+    return (p[:, :, None] & p[:, None, :])[:, None]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+    """Logical AND of the masks that are not None (broadcasting), or None if all are."""
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else jnp.logical_and(out, m)
+    return out
+
+
+def dot_product_attention(
+    q: jax.Array,  # (B, T, N, H)
+    k: jax.Array,  # (B, S, N, H)
+    v: jax.Array,  # (B, S, N, H)
+    *,
+    bias: jax.Array | None = None,  # (1|B, N, T, S) float32
+    mask: jax.Array | None = None,  # (1|B, 1|N, T, S) bool
+    dropout: nnx.Dropout | None = None,
+) -> jax.Array:  # (B, T, N, H)
+    """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling."""
+    scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = jnp.where(mask, scores, _MASK_VALUE)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if dropout is not None:
+        weights = dropout(weights)
+    return jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Bias-free q/k/v/o projections around `dot_product_attention`, with an optional KV cache.
+
+    Kernels: q, k, v (D, N, H) named (embed, heads, kv); o (N, H, D) named (heads, kv, embed).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_kv: int, *, dropout_rate: float,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        qkv = ("embed", "heads", "kv")
+        shape = (d_model, num_heads, d_kv)
+        # HF/Mesh-TF T5 initialisation; the query absorbs the missing 1/sqrt(H).
+        self.q = param(rngs, normal((d_model * d_kv) ** -0.5), shape, qkv, param_dtype)
+        self.k = param(rngs, normal(d_model**-0.5), shape, qkv, param_dtype)
+        self.v = param(rngs, normal(d_model**-0.5), shape, qkv, param_dtype)
+        self.o = param(rngs, normal((num_heads * d_kv) ** -0.5), (num_heads, d_kv, d_model),
+                       ("heads", "kv", "embed"), param_dtype)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dtype = dtype
+
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, S, D) -> keys and values, each (B, S, N, H)."""
+        x = x.astype(self.dtype)
+        k = jnp.einsum("BSD,DNH->BSNH", x, self.k[...].astype(self.dtype))
+        v = jnp.einsum("BSD,DNH->BSNH", x, self.v[...].astype(self.dtype))
+        return k, v
+
+    def __call__(
+        self,
+        x: jax.Array,  # (B, T, D) queries
+        kv_input: jax.Array | None = None,  # (B, S, D); None: self-attention on x
+        *,
+        bias: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        cache: dict | None = None,  # {"k", "v": (B, S_max, N, H)}, written at `cache_index`
+        cache_index: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, dict]:
+        x = x.astype(self.dtype)
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
+        k, v = self.project_kv(x if kv_input is None else kv_input)
+        if cache is not None:
+            # Decoding: append this step's keys/values at cache_index, attend over the cache.
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            cache = {"k": k, "v": v}
+        h = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), bias=bias,
+                                  mask=mask, dropout=self.dropout)
+        out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
+        return out if cache is None else (out, cache)

@@ -1,0 +1,160 @@
+"""Model configuration: one frozen dataclass for all three assemblies, and presets by name.
+
+    from t5x_lite import config
+    cfg = config.get_preset("flan-t5-small")                  # a ModelConfig
+    cfg = config.get_preset("t5-tiny", dtype="bfloat16")      # with field overrides
+
+`ModelConfig` mirrors Hugging Face's `T5Config` field names (d_model, d_kv, d_ff, num_layers,
+num_decoder_layers, num_heads, relative_attention_num_buckets, ...) so that a T5 user reads it
+without a glossary; `t5x_lite.hf` maps one to the other. Library code takes a `ModelConfig`,
+never an `ml_collections.ConfigDict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+ARCHITECTURES = ("encoder_decoder", "decoder_only", "encoder_only")
+FEED_FORWARD_PROJ = ("relu", "gated-gelu", "gated-silu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+Architecture = Literal["encoder_decoder", "decoder_only", "encoder_only"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and options of a T5-family model (HF `T5Config` names where one exists)."""
+
+    architecture: Architecture = "encoder_decoder"
+    vocab_size: int = 32128  # V
+    d_model: int = 512  # D
+    d_kv: int = 64  # H, per-head dimension
+    d_ff: int = 2048  # F
+    num_layers: int = 6  # encoder layers (decoder layers for decoder_only)
+    num_decoder_layers: int | None = None  # None: same as num_layers
+    num_heads: int = 8  # N
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"  # relu (v1.0) | gated-gelu (v1.1, Flan) | gated-silu
+    tie_word_embeddings: bool = True  # v1.0: tied and scaled by d_model**-0.5; v1.1: untied
+    num_labels: int = 0  # encoder_only: size of the pooled classification/regression head
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
+    param_dtype: str = "float32"  # parameters and optimizer state stay float32
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={self.architecture!r} is not supported; expected one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
+        if self.feed_forward_proj not in FEED_FORWARD_PROJ:
+            raise ValueError(
+                f"feed_forward_proj={self.feed_forward_proj!r} is not supported; supported: "
+                f"{', '.join(FEED_FORWARD_PROJ)}"
+            )
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported; expected one of "
+                    f"{', '.join(DTYPES)}"
+                )
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    def replace(self, **overrides) -> ModelConfig:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig field(s) {unknown}; valid fields: "
+                f"{', '.join(f.name for f in dataclasses.fields(self))}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls().replace(**d)
+
+
+_V10 = dict(feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=32128)
+_V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=32128)
+
+PRESETS: dict[str, ModelConfig] = {
+    # Tiny shapes for tests and the CPU default recipe (vocab of the shipped tokenizer fits).
+    "t5-tiny": ModelConfig(
+        vocab_size=1024, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+    ),
+    # T5 v1.0 (relu MLP, tied embeddings).
+    "t5-small": ModelConfig(**_V10, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "t5-base": ModelConfig(**_V10, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+    "t5-large": ModelConfig(**_V10, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
+    # T5 v1.1 (gated-gelu MLP, untied LM head, no dropout in pre-training).
+    "t5-v1_1-small": ModelConfig(
+        **_V11, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6
+    ),
+    "t5-v1_1-base": ModelConfig(
+        **_V11, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12
+    ),
+    "t5-v1_1-large": ModelConfig(
+        **_V11, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16
+    ),
+    # Flan-T5: v1.1 shapes, instruction-tuned weights.
+    "flan-t5-small": ModelConfig(
+        **_V11, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6
+    ),
+    "flan-t5-base": ModelConfig(
+        **_V11, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12
+    ),
+    "flan-t5-large": ModelConfig(
+        **_V11, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16
+    ),
+    # Decoder-only (causal / prefix LM) built from the same blocks.
+    "decoder-tiny": ModelConfig(
+        architecture="decoder_only", vocab_size=1024, d_model=64, d_kv=16, d_ff=128,
+        num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "decoder-small": ModelConfig(
+        architecture="decoder_only", vocab_size=32128, d_model=512, d_kv=64, d_ff=1024,
+        num_layers=8, num_heads=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+    ),
+    # Encoder-only (masked LM; pooled head for classification / reward models).
+    "encoder-tiny": ModelConfig(
+        architecture="encoder_only", vocab_size=1024, d_model=64, d_kv=16, d_ff=128,
+        num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False, num_labels=1,
+    ),
+    "encoder-small": ModelConfig(
+        architecture="encoder_only", vocab_size=32128, d_model=512, d_kv=64, d_ff=1024,
+        num_layers=8, num_heads=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        num_labels=1,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """The preset `name`, with dataclass fields replaced by `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

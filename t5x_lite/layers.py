@@ -1,0 +1,126 @@
+"""Basic T5 building blocks as Flax NNX modules: RMSNorm, token embedding, MLP, dense head.
+
+Every parameter is created through `param`, which attaches logical axis names
+(`vocab, embed, mlp, heads, kv, relpos_buckets, classes`) as `out_sharding` metadata;
+`sharding/` maps those names to mesh axes, so sharding is declared here once and nowhere else.
+Parameters live in `param_dtype` (float32); computation runs in `dtype` (bfloat16 on
+accelerators), with normalisation statistics in float32 as T5 does.
+
+Shapes: B batch, T length, D d_model, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def param(
+    rngs: nnx.Rngs,
+    init: Initializer,
+    shape: Sequence[int],
+    names: Sequence[str | None],
+    dtype: jnp.dtype,
+) -> nnx.Param:
+    """A parameter initialised with `init` and annotated with logical axis `names`.
+
+    Eager sharding is off: state is sharded by `jax.jit(..., out_shardings=...)` from these
+    names (see `sharding/`), so the same module builds on one CPU or under a mesh.
+    """
+    if len(shape) != len(names):
+        raise ValueError(f"shape {tuple(shape)} and logical names {tuple(names)} differ in rank")
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names),
+                     eager_sharding=False)
+
+
+def normal(stddev: float) -> Initializer:
+    return jax.nn.initializers.normal(stddev=stddev)
+
+
+class RMSNorm(nnx.Module):
+    """T5 LayerNorm: scale * x / sqrt(mean(x**2) + eps); no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, jax.nn.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, D)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding table (V, D); `attend` reuses it as a tied output projection."""
+
+    def __init__(self, vocab_size: int, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        # T5 initialises the shared embedding with unit variance.
+        self.embedding = param(rngs, normal(1.0), (vocab_size, dim), ("vocab", "embed"),
+                               param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:  # (B, T) int -> (B, T, D)
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V)
+        return jnp.einsum("BTD,VD->BTV", x, self.embedding[...].astype(self.dtype))
+
+
+class Dense(nnx.Module):
+    """A bias-free projection (in_dim -> out_dim) with logical axis names; T5 has no biases."""
+
+    def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *, stddev: float,
+                 dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = False):
+        self.kernel = param(rngs, normal(stddev), (in_dim, out_dim), names, param_dtype)
+        self.bias = (
+            param(rngs, jax.nn.initializers.zeros, (out_dim,), (names[1],), param_dtype)
+            if use_bias else None
+        )
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    # HF maps T5's "gated-gelu" to gelu_new, the tanh approximation.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+class MLP(nnx.Module):
+    """T5 feed-forward: relu (v1.0) `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)` (v1.1)."""
+
+    def __init__(self, d_model: int, d_ff: int, feed_forward_proj: str, *, dropout_rate: float,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        gated = feed_forward_proj.startswith("gated-")
+        self.act = _ACTIVATIONS[feed_forward_proj.removeprefix("gated-")]
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if gated:
+            self.wi_0 = Dense(d_model, d_ff, ("embed", "mlp"), stddev=d_model**-0.5, **kw)
+            self.wi_1 = Dense(d_model, d_ff, ("embed", "mlp"), stddev=d_model**-0.5, **kw)
+            self.wi = None
+        else:
+            self.wi = Dense(d_model, d_ff, ("embed", "mlp"), stddev=d_model**-0.5, **kw)
+            self.wi_0 = self.wi_1 = None
+        self.wo = Dense(d_ff, d_model, ("mlp", "embed"), stddev=d_ff**-0.5, **kw)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, D)
+        if self.wi is not None:
+            h = self.act(self.wi(x))
+        else:
+            h = self.act(self.wi_0(x)) * self.wi_1(x)
+        return self.wo(self.dropout(h))

@@ -1,0 +1,273 @@
+"""The three model assemblies: `EncoderDecoder` (T5 / Flan-T5), `DecoderOnly`, `EncoderOnly`.
+
+Each exposes `encode`, `decode`, `__call__` and `init_cache`; generation, losses and RLHF call
+only these. Argument names mirror Hugging Face's (`input_ids`, `attention_mask`,
+`decoder_input_ids`, `decoder_attention_mask`); masks are 1 for real tokens. Packed batches
+pass `segment_ids` (0 = padding) instead of masks. Logits are returned in float32.
+
+    from t5x_lite import config, models
+    model = models.build(config.get_preset("t5-tiny"), rngs=nnx.Rngs(0))
+    logits = model(input_ids, decoder_input_ids, attention_mask=mask)    # (B, T, V)
+
+Dropout is active in train mode (the default); `model.eval()` turns it off.
+
+Shapes: B batch, S input (encoder) length, T target (decoder) length, D d_model, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.attention import (
+    causal_mask,
+    combine_masks,
+    key_padding_mask,
+    prefix_mask,
+    segment_mask,
+)
+from t5x_lite.config import ModelConfig
+from t5x_lite.layers import Dense, Embed
+from t5x_lite.transformer import Stack
+
+
+def shift_right(labels: jax.Array, decoder_start_token_id: int = 0, pad_id: int = 0) -> jax.Array:
+    """Teacher-forcing decoder inputs: (B, T) labels -> start token + labels[:, :-1].
+
+    Ignored label positions (-100, HF's convention) become padding.
+    """
+    start = jnp.full((labels.shape[0], 1), decoder_start_token_id, labels.dtype)
+    shifted = jnp.concatenate([start, labels[:, :-1]], axis=1)
+    return jnp.where(shifted == -100, pad_id, shifted)
+
+
+def _self_attention_mask(valid: jax.Array | None, segment_ids: jax.Array | None):
+    """Key-padding or packed-segment mask, or None when every token is real."""
+    if segment_ids is not None:
+        return segment_mask(segment_ids, segment_ids)
+    return None if valid is None else key_padding_mask(valid)
+
+
+def _cross_attention_mask(encoder_valid, segment_ids, decoder_segment_ids):
+    if segment_ids is not None and decoder_segment_ids is not None:
+        return segment_mask(decoder_segment_ids, segment_ids)
+    if segment_ids is not None:
+        return key_padding_mask(segment_ids != 0)
+    return None if encoder_valid is None else key_padding_mask(encoder_valid)
+
+
+def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
+    """Self-attention KV cache: per layer k, v (B, max_length, N, H) and the filled length."""
+    shape = (batch_size, max_length, cfg.num_heads, cfg.d_kv)
+    layer = lambda: {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+    return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
+
+
+class _LMHead(nnx.Module):
+    """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not."""
+
+    def _init_head(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.lm_head = None if cfg.tie_word_embeddings else Dense(
+            cfg.d_model, cfg.vocab_size, ("embed", "vocab"), stddev=cfg.d_model**-0.5,
+            dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+        )
+
+    def logits(self, hidden: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V) float32
+        if self.lm_head is None:
+            out = self.shared.attend(hidden * (self.config.d_model**-0.5))
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+
+class EncoderDecoder(_LMHead):
+    """T5 v1.0 / v1.1 / Flan-T5: bidirectional encoder, causal decoder with cross-attention."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                            param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
+        self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True,
+                             rngs=rngs)
+        self._init_head(cfg, rngs)
+
+    def encode(self, input_ids, attention_mask=None, *, segment_ids=None,
+               inputs_embeds=None) -> jax.Array:
+        """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup."""
+        x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
+        positions = jnp.arange(x.shape[1])
+        hidden, _ = self.encoder(
+            x, mask=_self_attention_mask(attention_mask, segment_ids),
+            query_positions=positions, key_positions=positions,
+        )
+        return hidden
+
+    def decode(self, decoder_input_ids, encoded, attention_mask=None,
+               decoder_attention_mask=None, *, segment_ids=None, decoder_segment_ids=None,
+               cache=None):
+        """(B, T) decoder ids + (B, S, D) encoded -> (B, T, V) logits.
+
+        `attention_mask` / `segment_ids` describe the encoder input. With `cache` (from
+        `init_cache`), the T new tokens are written at `cache["index"]`, attention covers the
+        cache, and `(logits, new_cache)` is returned; `decoder_attention_mask` is then a
+        (B, max_length) mask over cache slots.
+        """
+        x = self.shared(decoder_input_ids)
+        t = x.shape[1]
+        cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
+        if cache is None:
+            positions = jnp.arange(t)
+            mask = combine_masks(
+                causal_mask(positions, positions),
+                _self_attention_mask(decoder_attention_mask, decoder_segment_ids),
+            )
+            hidden, _ = self.decoder(x, mask=mask, query_positions=positions,
+                                     key_positions=positions, encoded=encoded, cross_mask=cross)
+            return self.logits(hidden)
+        index = cache["index"]
+        query_positions = index + jnp.arange(t)
+        key_positions = jnp.arange(cache["layers"][0]["k"].shape[1])
+        mask = combine_masks(
+            causal_mask(query_positions, key_positions),
+            None if decoder_attention_mask is None else key_padding_mask(decoder_attention_mask),
+        )
+        hidden, layers = self.decoder(
+            x, mask=mask, query_positions=query_positions, key_positions=key_positions,
+            encoded=encoded, cross_mask=cross, cache=cache["layers"], cache_index=index,
+        )
+        return self.logits(hidden), {"index": index + t, "layers": layers}
+
+    def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
+                 decoder_attention_mask=None, *, segment_ids=None, decoder_segment_ids=None):
+        """Teacher-forced forward: (B, S), (B, T) -> (B, T, V) float32 logits."""
+        encoded = self.encode(input_ids, attention_mask, segment_ids=segment_ids)
+        return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
+                           segment_ids=segment_ids, decoder_segment_ids=decoder_segment_ids)
+
+    def init_cache(self, batch_size: int, max_length: int) -> dict:
+        return _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
+
+
+class DecoderOnly(_LMHead):
+    """Causal LM (and prefix-LM) from the same blocks: a causal stack without cross-attention."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                            param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.decoder = Stack(cfg, cfg.num_layers, causal=True, cross_attention=False, rngs=rngs)
+        self._init_head(cfg, rngs)
+
+    def _run(self, input_ids, attention_mask, segment_ids, prefix, cache):
+        x = self.shared(input_ids)
+        t = x.shape[1]
+        if cache is None:
+            positions = jnp.arange(t)
+            causal = causal_mask(positions, positions)
+            if prefix is not None:  # prefix tokens attend bidirectionally among themselves
+                causal = jnp.logical_or(causal, prefix_mask(prefix))
+            mask = combine_masks(causal, _self_attention_mask(attention_mask, segment_ids))
+            hidden, _ = self.decoder(x, mask=mask, query_positions=positions,
+                                     key_positions=positions)
+            return hidden, None
+        index = cache["index"]
+        query_positions = index + jnp.arange(t)
+        key_positions = jnp.arange(cache["layers"][0]["k"].shape[1])
+        mask = combine_masks(
+            causal_mask(query_positions, key_positions),
+            None if attention_mask is None else key_padding_mask(attention_mask),
+        )
+        hidden, layers = self.decoder(x, mask=mask, query_positions=query_positions,
+                                      key_positions=key_positions, cache=cache["layers"],
+                                      cache_index=index)
+        return hidden, {"index": index + t, "layers": layers}
+
+    def encode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
+        """(B, T) ids -> (B, T, D) final hidden states (features for value / reward heads)."""
+        return self._run(input_ids, attention_mask, segment_ids, prefix, None)[0]
+
+    def decode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None,
+               cache=None):
+        """(B, T) ids -> (B, T, V) logits; with `cache`, `(logits, new_cache)` as in
+        `EncoderDecoder.decode` (`attention_mask` is then (B, max_length) over cache slots).
+        `prefix` (B, T) marks prefix-LM inputs that see each other bidirectionally."""
+        hidden, new_cache = self._run(input_ids, attention_mask, segment_ids, prefix, cache)
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
+
+    def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
+        return self.decode(input_ids, attention_mask, segment_ids=segment_ids, prefix=prefix)
+
+    def init_cache(self, batch_size: int, max_length: int) -> dict:
+        return _new_cache(self.config, self.config.num_layers, batch_size, max_length)
+
+
+class EncoderOnly(_LMHead):
+    """Bidirectional encoder with a masked-LM head and a pooled classification/regression head.
+
+    Loads HF `T5EncoderModel` weights (`encode` matches its `last_hidden_state`). The pooled
+    head (`classify`) has `config.num_labels` outputs: 1 for regression / reward scores.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype,
+                            rngs=rngs)
+        self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
+        self._init_head(cfg, rngs)
+        self.classifier = Dense(
+            cfg.d_model, cfg.num_labels, ("embed", "classes"), stddev=cfg.d_model**-0.5,
+            dtype=dtype, param_dtype=pdtype, rngs=rngs, use_bias=True,
+        ) if cfg.num_labels > 0 else None
+
+    def encode(self, input_ids, attention_mask=None, *, segment_ids=None,
+               inputs_embeds=None) -> jax.Array:
+        """(B, S) ids -> (B, S, D) hidden states."""
+        x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
+        positions = jnp.arange(x.shape[1])
+        hidden, _ = self.encoder(
+            x, mask=_self_attention_mask(attention_mask, segment_ids),
+            query_positions=positions, key_positions=positions,
+        )
+        return hidden
+
+    def decode(self, hidden: jax.Array) -> jax.Array:
+        """The masked-LM head: (B, S, D) hidden states -> (B, S, V) float32 logits."""
+        return self.logits(hidden)
+
+    def __call__(self, input_ids, attention_mask=None, *, segment_ids=None) -> jax.Array:
+        """Masked-LM logits (B, S, V)."""
+        return self.decode(self.encode(input_ids, attention_mask, segment_ids=segment_ids))
+
+    def classify(self, input_ids, attention_mask=None) -> jax.Array:
+        """Mean-pooled (over real tokens) head: (B, S) -> (B, num_labels) float32."""
+        if self.classifier is None:
+            raise ValueError("this EncoderOnly has no classification head: set num_labels > 0")
+        hidden = self.encode(input_ids, attention_mask).astype(jnp.float32)
+        valid = (jnp.ones(input_ids.shape, jnp.float32) if attention_mask is None
+                 else attention_mask.astype(jnp.float32))
+        pooled = (hidden * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1), 1.0)[:, None]
+        return self.classifier(pooled.astype(self.config.dtype)).astype(jnp.float32)
+
+    def init_cache(self, batch_size: int, max_length: int) -> dict:
+        raise NotImplementedError(
+            "EncoderOnly models do not generate, so they have no decoding cache; use an "
+            "EncoderDecoder or DecoderOnly model for generation"
+        )
+
+
+ASSEMBLIES = {
+    "encoder_decoder": EncoderDecoder,
+    "decoder_only": DecoderOnly,
+    "encoder_only": EncoderOnly,
+}
+
+Model = EncoderDecoder | DecoderOnly | EncoderOnly
+
+
+def build(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0) -> Model:
+    """The assembly named by `cfg.architecture`, randomly initialised."""
+    return ASSEMBLIES[cfg.architecture](cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))

@@ -1,0 +1,105 @@
+"""The T5 block and layer stack shared by all three model assemblies.
+
+A `Block` is pre-norm self-attention, optional cross-attention and an MLP, each added to the
+residual stream after dropout. A `Stack` embeds nothing: it takes embeddings, computes the
+relative position bias once, runs its blocks and applies the final RMSNorm. The encoder is a
+bidirectional `Stack`; the decoder a causal one with cross-attention; a decoder-only model a
+causal one without.
+
+Shapes: B batch, T query length, S key length, D d_model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.attention import MultiHeadAttention
+from t5x_lite.config import ModelConfig
+from t5x_lite.layers import MLP, RMSNorm
+from t5x_lite.position import RelativePositionBias
+
+
+class Block(nnx.Module):
+    """x += attn(norm(x)); [x += cross_attn(norm(x), encoded)]; x += mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, cross_attention: bool, rngs: nnx.Rngs):
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        norm = dict(eps=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        attn = dict(dropout_rate=cfg.dropout_rate, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.self_attn_norm = RMSNorm(cfg.d_model, **norm)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.d_kv, **attn)
+        if cross_attention:
+            self.cross_attn_norm = RMSNorm(cfg.d_model, **norm)
+            self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.d_kv, **attn)
+        else:
+            self.cross_attn_norm = self.cross_attn = None
+        self.mlp_norm = RMSNorm(cfg.d_model, **norm)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.feed_forward_proj, **attn)
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,  # (B, T, D)
+        *,
+        bias: jax.Array,  # (1, N, T, S)
+        mask: jax.Array | None,  # (B|1, 1, T, S)
+        encoded: jax.Array | None = None,  # (B, S_enc, D)
+        cross_mask: jax.Array | None = None,  # (B, 1, T|1, S_enc)
+        cache: dict | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict | None]:
+        h = self.self_attn(self.self_attn_norm(x), bias=bias, mask=mask, cache=cache,
+                           cache_index=cache_index)
+        if cache is not None:
+            h, cache = h
+        x = x + self.dropout(h)
+        if self.cross_attn is not None:
+            h = self.cross_attn(self.cross_attn_norm(x), encoded, mask=cross_mask)
+            x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x, cache
+
+
+class Stack(nnx.Module):
+    """Embeddings -> dropout -> blocks (sharing one position bias) -> RMSNorm -> dropout."""
+
+    def __init__(self, cfg: ModelConfig, num_layers: int, *, causal: bool,
+                 cross_attention: bool, rngs: nnx.Rngs):
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.relative_bias = RelativePositionBias(
+            cfg.relative_attention_num_buckets, cfg.num_heads, bidirectional=not causal,
+            max_distance=cfg.relative_attention_max_distance, d_model=cfg.d_model,
+            param_dtype=pdtype, rngs=rngs,
+        )
+        self.layers = nnx.List(
+            [Block(cfg, cross_attention=cross_attention, rngs=rngs) for _ in range(num_layers)]
+        )
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype,
+                                  param_dtype=pdtype, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,  # (B, T, D) embeddings
+        *,
+        mask: jax.Array | None,
+        query_positions: jax.Array,  # (T,)
+        key_positions: jax.Array,  # (S,)
+        encoded: jax.Array | None = None,
+        cross_mask: jax.Array | None = None,
+        cache: list[dict] | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, list[dict] | None]:
+        bias = self.relative_bias(query_positions, key_positions)
+        x = self.dropout(x)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(
+                x, bias=bias, mask=mask, encoded=encoded, cross_mask=cross_mask,
+                cache=None if cache is None else cache[i], cache_index=cache_index,
+            )
+            new_cache.append(layer_cache)
+        x = self.dropout(self.final_norm(x))
+        return x, (new_cache if cache is not None else None)
