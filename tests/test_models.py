@@ -1,0 +1,182 @@
+"""Shapes, dtypes, masks, caches and presets of the three assemblies (tiny configs)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from t5x_lite import config, models
+
+B, S, T = 2, 9, 6
+
+
+def tiny(name="t5-tiny", **overrides):
+    model = models.build(config.get_preset(name, **overrides), seed=0)
+    model.eval()
+    return model
+
+
+def ids(shape, seed=0, vocab=1024):
+    return jax.random.randint(jax.random.key(seed), shape, 2, vocab)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_encoder_decoder_shapes_and_dtypes(dtype):
+    model = tiny(dtype=dtype)
+    cfg = model.config
+    encoded = model.encode(ids((B, S)))
+    chex.assert_shape(encoded, (B, S, cfg.d_model))
+    assert encoded.dtype == jnp.dtype(dtype)
+    logits = model(ids((B, S)), ids((B, T), 1))
+    chex.assert_shape(logits, (B, T, cfg.vocab_size))
+    assert logits.dtype == jnp.float32
+    chex.assert_tree_all_finite(logits)
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        assert leaf.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoder_only_shapes(dtype):
+    model = tiny("decoder-tiny", dtype=dtype)
+    logits = model(ids((B, T)))
+    chex.assert_shape(logits, (B, T, model.config.vocab_size))
+    chex.assert_tree_all_finite(logits)
+    chex.assert_shape(model.encode(ids((B, T))), (B, T, model.config.d_model))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_encoder_only_shapes(dtype):
+    model = tiny("encoder-tiny", dtype=dtype, num_labels=3)
+    mask = jnp.ones((B, S), jnp.int32).at[1, 5:].set(0)
+    chex.assert_shape(model(ids((B, S)), mask), (B, S, model.config.vocab_size))
+    scores = model.classify(ids((B, S)), mask)
+    chex.assert_shape(scores, (B, 3))
+    chex.assert_tree_all_finite(scores)
+    with pytest.raises(NotImplementedError):
+        model.init_cache(B, T)
+
+
+def test_every_parameter_has_logical_axis_names():
+    for name in ("t5-tiny", "decoder-tiny", "encoder-tiny"):
+        state = nnx.state(tiny(name), nnx.Param)
+        for path, var in nnx.to_flat_state(state):
+            names = var.get_metadata().get("out_sharding")
+            assert names is not None and len(names) == var.value.ndim, path
+
+
+def test_relu_tied_variant_has_no_lm_head():
+    model = tiny(feed_forward_proj="relu", tie_word_embeddings=True)
+    assert model.lm_head is None and model.encoder.layers[0].mlp.wi is not None
+    chex.assert_shape(model(ids((B, S)), ids((B, T))), (B, T, 1024))
+
+
+def test_padding_does_not_change_real_positions():
+    model = tiny()
+    x, y = ids((1, S)), ids((1, T), 1)
+    padded = jnp.concatenate([x, jnp.zeros((1, 4), x.dtype)], axis=1)
+    mask = jnp.concatenate([jnp.ones((1, S)), jnp.zeros((1, 4))], axis=1)
+    chex.assert_trees_all_close(model(padded, y, mask), model(x, y), atol=1e-5)
+
+
+def test_packed_segments_equal_separate_sequences():
+    """Two documents packed in one row with segment ids give their unpacked logits; this fails
+    if attention (self or cross) leaks across the segment boundary."""
+    model = tiny()
+    a_in, a_out, b_in, b_out = ids((1, 5), 1), ids((1, 3), 2), ids((1, 4), 3), ids((1, 3), 4)
+    inputs = jnp.concatenate([a_in, b_in], axis=1)
+    targets = jnp.concatenate([a_out, b_out], axis=1)
+    seg = jnp.array([[1] * 5 + [2] * 4])
+    dseg = jnp.array([[1] * 3 + [2] * 3])
+    packed = model(inputs, targets, segment_ids=seg, decoder_segment_ids=dseg)
+    # Relative positions make absolute offsets irrelevant, so no position reset is needed.
+    chex.assert_trees_all_close(packed[:, :3], model(a_in, a_out), atol=1e-5)
+    chex.assert_trees_all_close(packed[:, 3:], model(b_in, b_out), atol=1e-5)
+
+    dec = tiny("decoder-tiny")
+    tokens = jnp.concatenate([a_in, b_in], axis=1)
+    packed = dec(tokens, segment_ids=seg)
+    chex.assert_trees_all_close(packed[:, :5], dec(a_in), atol=1e-5)
+    chex.assert_trees_all_close(packed[:, 5:], dec(b_in), atol=1e-5)
+
+
+def test_prefix_lm_sees_the_whole_prefix():
+    model = tiny("decoder-tiny")
+    x = ids((1, T))
+    prefix = jnp.array([[1, 1, 1, 0, 0, 0]])
+    changed = x.at[0, 2].set((x[0, 2] + 1) % 1024)
+    a, b = model(x, prefix=prefix), model(changed, prefix=prefix)
+    # Position 0 is in the prefix and sees token 2 bidirectionally; under a causal mask it can't.
+    assert not np.allclose(a[0, 0], b[0, 0])
+    chex.assert_trees_all_close(model(x)[0, 0], model(changed)[0, 0])
+
+
+@pytest.mark.parametrize("name", ["t5-tiny", "decoder-tiny"])
+def test_cached_decoding_equals_full_forward(name):
+    model = tiny(name)
+    y = ids((B, T), 5)
+    if name == "t5-tiny":
+        x = ids((B, S))
+        encoded = model.encode(x)
+        full = model.decode(y, encoded)
+        step = lambda tok, cache: model.decode(tok, encoded, cache=cache)
+    else:
+        full = model(y)
+        step = lambda tok, cache: model.decode(tok, cache=cache)
+    cache = model.init_cache(B, T + 2)
+    # a 2-token prefill, then one token at a time
+    logits, cache = step(y[:, :2], cache)
+    outs = [logits]
+    for t in range(2, T):
+        logits, cache = step(y[:, t:t + 1], cache)
+        outs.append(logits)
+    chex.assert_trees_all_close(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+    assert int(cache["index"]) == T
+
+
+def test_dropout_only_in_train_mode():
+    model = models.build(config.get_preset("t5-tiny", dropout_rate=0.5), seed=0)
+    x, y = ids((B, S)), ids((B, T))
+    model.train()
+    assert not np.allclose(model(x, y), model(x, y))
+    model.eval()
+    chex.assert_trees_all_close(model(x, y), model(x, y))
+
+
+def test_shift_right():
+    labels = jnp.array([[5, 6, 7], [8, -100, -100]])
+    chex.assert_trees_all_equal(models.shift_right(labels), jnp.array([[0, 5, 6], [0, 8, 0]]))
+
+
+def test_presets_and_errors():
+    for name in ("t5-small", "t5-base", "t5-large", "t5-v1_1-small", "t5-v1_1-base",
+                 "t5-v1_1-large", "flan-t5-small", "flan-t5-base", "flan-t5-large",
+                 "decoder-tiny", "decoder-small", "encoder-tiny", "encoder-small"):
+        assert config.get_preset(name).d_model > 0
+    with pytest.raises(ValueError, match="unknown model preset 't5-huge'.*flan-t5-base"):
+        config.get_preset("t5-huge")
+    with pytest.raises(ValueError, match="feed_forward_proj='gelu'.*gated-gelu"):
+        config.get_preset("t5-tiny", feed_forward_proj="gelu")
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*d_modl"):
+        config.get_preset("t5-tiny", d_modl=3)
+
+
+def test_flan_t5_base_parameter_count():
+    """Abstract shapes only: the count HF's num_parameters() gives for Flan-T5-base's config."""
+    model = nnx.eval_shape(lambda: models.build(config.get_preset("flan-t5-base")))
+    count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    import transformers
+
+    hf_cfg = transformers.T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
+                                   feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                                   vocab_size=32128)
+    with jax.default_device(jax.devices("cpu")[0]):
+        import torch
+
+        with torch.device("meta"):
+            ref = transformers.T5ForConditionalGeneration(hf_cfg)
+    # HF 5 ties the LM head unless the weights differ; Flan-T5's are untied, so count it.
+    expected = ref.num_parameters() + (0 if ref.lm_head.weight is not ref.shared.weight
+                                       else ref.lm_head.weight.numel())
+    assert count == expected
