@@ -270,4 +270,6 @@ Model = EncoderDecoder | DecoderOnly | EncoderOnly
 
 def build(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0) -> Model:
     """The assembly named by `cfg.architecture`, randomly initialised."""
-    return ASSEMBLIES[cfg.architecture](cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))
+    if rngs is None:
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    return ASSEMBLIES[cfg.architecture](cfg, rngs=rngs)

@@ -1,0 +1,93 @@
+"""Every config key with its default: the shared base the recipes override.
+
+Keys users reach for: model.preset, model.dtype, tokenizer.path, data.*, objective.*, optim.*,
+train.steps, train.batch_size, train.seed, checkpoint.every, checkpoint.keep, mesh.*.
+"""
+
+import ml_collections
+
+# Model presets and lengths per size, by architecture (see t5x_lite/config.py for shapes).
+SIZES = {
+    "encoder_decoder": {"tiny": "t5-tiny", "small": "t5-v1_1-small", "base": "t5-v1_1-base"},
+    "decoder_only": {"tiny": "decoder-tiny", "small": "decoder-small", "base": "decoder-small"},
+    "encoder_only": {"tiny": "encoder-tiny", "small": "encoder-small", "base": "encoder-small"},
+}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """'size=small,foo=bar' -> {'size': 'small', 'foo': 'bar'}."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {part!r} should look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.workdir = "./runs/default"  # --workdir overrides
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "t5-tiny"  # a name from t5x_lite.config.PRESETS
+    c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
+    c.model.dropout_rate = 0.0  # overrides the preset's dropout (T5 v1.1 pre-trains without)
+    c.model.init_from = ""  # HF directory or native checkpoint to start from ("" = random)
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""  # SentencePiece .model or directory ("" = shipped tiny tokenizer)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "embedded"  # embedded | jsonl (also .json .csv .parquet .txt) | hf | tfds
+    c.data.path = ""  # file for jsonl-like sources; dataset name for hf / tfds
+    c.data.split = "train"
+    c.data.eval_split = "validation"  # "" disables eval
+    c.data.input_field = "dialogue"  # text field for pre-training; the input for seq2seq
+    c.data.target_field = "summary"  # seq2seq target
+    c.data.skip_bad_records = False  # skip (and count) malformed records instead of failing
+    c.data.shuffle = True
+
+    c.objective = ml_collections.ConfigDict()
+    c.objective.name = "span_corruption"  # span_corruption | causal_lm | masked_lm | seq2seq
+    c.objective.inputs_length = 128  # encoder length (tokens, incl. EOS)
+    c.objective.targets_length = 0  # decoder length; 0 = derived (span corruption arithmetic)
+    c.objective.noise_density = 0.15  # span corruption
+    c.objective.mean_noise_span_length = 3.0  # span corruption
+    c.objective.mask_rate = 0.15  # masked LM
+    c.objective.pack = True  # pack several documents per row (causal LM, seq2seq)
+    c.objective.z_loss = 1e-4
+    c.objective.label_smoothing = 0.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # adamw | adafactor
+    c.optim.learning_rate = 3e-3
+    c.optim.schedule = "warmup_cosine"  # constant | warmup_linear | warmup_cosine | rsqrt
+    c.optim.warmup_steps = 50
+    c.optim.end_learning_rate_fraction = 0.1  # decay schedules end at lr * this
+    c.optim.weight_decay = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.grad_clip = 1.0  # global-norm clipping; 0 disables
+    c.optim.grad_accum_steps = 1  # micro-batches per optimizer step
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 600
+    c.train.batch_size = 32  # global batch (all processes, all micro-batches)
+    c.train.seed = 0
+    c.train.log_every = 20
+    c.train.eval_every = 200
+    c.train.eval_steps = 4
+    c.train.progress_bar = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 200
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c

@@ -1,0 +1,107 @@
+"""Supervised input -> target training of an encoder-decoder (fine-tuning), and the
+encoder-decoder loss that span corruption shares.
+
+    stages, max_tokens = make_stages(tok, inputs_length=512, targets_length=128, seed=0)
+    loss, metrics = loss_fn(model, batch)     # batch: inputs, targets (B, S) / (B, T)
+
+Inputs and targets get EOS and are truncated to their lengths (counted by the data pipeline),
+then padded (pad id 0); with `pack=True` several pairs share a row, kept apart by segment ids.
+"""
+
+from __future__ import annotations
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_lite import losses, models
+
+ARCHITECTURE = "encoder_decoder"
+
+
+def fields(input_field: str, target_field: str) -> dict[str, str]:
+    return {"inputs": input_field, "targets": target_field}
+
+
+def append_eos(tokens: np.ndarray, length: int, eos_id: int = 1) -> np.ndarray:
+    """tokens[: length - 1] + [EOS]: the sequence always ends with EOS."""
+    return np.concatenate([tokens[: length - 1], [eos_id]]).astype(np.int32)
+
+
+def pad_to(tokens: np.ndarray, length: int, pad_id: int = 0) -> np.ndarray:
+    out = np.full((length,), pad_id, np.int32)
+    out[: len(tokens)] = tokens[:length]
+    return out
+
+
+def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int,
+                **_):
+    """grain stages (tokens -> fixed-length rows) and the longest text kept before cutting."""
+    targets_length = targets_length or inputs_length
+    lengths = {"inputs": inputs_length, "targets": targets_length}
+
+    def add_eos(ex):
+        return {k: append_eos(ex[k], lengths[k], tokenizer.eos_id) for k in lengths}
+
+    def stages(ds: grain.IterDataset) -> grain.IterDataset:
+        ds = ds.map(add_eos)
+        if pack:
+            ds = grain.experimental.FirstFitPackIterDataset(
+                ds, length_struct=lengths, num_packing_bins=8, seed=seed, shuffle_bins=False)
+            return ds.map(_rename_packed)
+        return ds.map(lambda ex: {k: pad_to(ex[k], lengths[k]) for k in lengths})
+
+    return stages, max(inputs_length, targets_length)
+
+
+def _rename_packed(ex: dict) -> dict:
+    return {
+        "inputs": ex["inputs"].astype(np.int32),
+        "targets": ex["targets"].astype(np.int32),
+        "inputs_segment_ids": ex["inputs_segment_ids"],
+        "targets_segment_ids": ex["targets_segment_ids"],
+    }
+
+
+def loss_fn(model: models.EncoderDecoder, batch: dict, *, z_loss: float = 0.0,
+            label_smoothing: float = 0.0):
+    """Teacher-forced cross-entropy over non-pad target tokens (float32)."""
+    inputs, targets = batch["inputs"], batch["targets"]
+    segments = batch.get("inputs_segment_ids")
+    decoder_segments = batch.get("targets_segment_ids")
+    if decoder_segments is not None:
+        # Shift within each packed segment: a segment's first token sees the start token.
+        starts = jnp.concatenate([jnp.ones_like(decoder_segments[:, :1], bool),
+                                  decoder_segments[:, 1:] != decoder_segments[:, :-1]], axis=1)
+        decoder_inputs = jnp.where(starts, model.config.decoder_start_token_id,
+                                   models.shift_right(targets))
+    else:
+        decoder_inputs = models.shift_right(targets, model.config.decoder_start_token_id)
+    logits = model(
+        inputs, decoder_inputs,
+        attention_mask=None if segments is not None else (inputs != 0),
+        decoder_attention_mask=None if decoder_segments is not None else (targets != 0),
+        segment_ids=segments, decoder_segment_ids=decoder_segments,
+    )
+    return losses.cross_entropy(logits, targets, targets != 0, z_loss=z_loss,
+                                label_smoothing=label_smoothing)
+
+
+def num_tokens(batch: dict) -> int:
+    """Real (non-pad) tokens in a batch, inputs and targets: the throughput unit."""
+    return int((batch["inputs"] != 0).sum() + (batch["targets"] != 0).sum())
+
+
+def describe_example(model, tokenizer, batch: dict, max_new_tokens: int = 32) -> str:
+    """One input, its reference target and the model's greedy output, as printable text."""
+    from t5x_lite import decoding
+
+    inputs = batch["inputs"][:1]
+    tokens, _ = decoding.generate(model, inputs, max_new_tokens=max_new_tokens,
+                                  eos_id=tokenizer.eos_id)
+    return "\n".join([
+        "example:",
+        f"  input:  {tokenizer.decode(inputs[0].tolist())}",
+        f"  target: {tokenizer.decode(batch['targets'][0].tolist())}",
+        f"  output: {tokenizer.decode(np.asarray(tokens[0]).tolist())}",
+    ])

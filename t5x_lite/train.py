@@ -1,0 +1,291 @@
+"""The training loop: `train_and_evaluate(config, workdir, objective)`.
+
+    from t5x_lite import run_config, train
+    import objectives
+    config = run_config.load("configs/t5_span_corruption.py:size=tiny")
+    train.train_and_evaluate(config, "runs/demo", objectives.get(config.objective.name))
+
+Builds the tokenizer, the grain pipelines, the model and an `nnx.Optimizer`, restores the latest
+checkpoint in `workdir/checkpoints` if there is one (model, optimizer, step, data iterator), and
+runs the jitted step. Writes `workdir/config.json`, `workdir/metrics.jsonl` (one JSON object per
+logged step), TensorBoard events and Orbax checkpoints. SIGTERM saves at the current step and
+returns; a non-finite loss stops the run with the last good checkpoint kept. The ConfigDict ends
+here: everything below receives plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from types import ModuleType
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from t5x_lite import checkpoint, data, hf, models, optim, run_config, steps
+from t5x_lite import config as config_lib
+from t5x_lite import tokenizer as tokenizer_lib
+
+log = logging.getLogger(__name__)
+
+OPT_STATE, DATA_ITER, RUN_CONFIG = "opt_state", "data_iter", "config"
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
+    if not path:
+        from t5x_lite import corpus
+
+        path = str(corpus.DEFAULT_TOKENIZER_DIR)
+    return tokenizer_lib.load(path)
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Model:
+    """Random init from `model.preset`, or the weights of `model.init_from` (HF or native)."""
+    overrides = dict(dtype=config.model.dtype, dropout_rate=config.model.dropout_rate)
+    source = config.model.init_from
+    if source:
+        if hf.is_hf_directory(source):
+            model = hf.from_pretrained(source, **overrides)
+        else:
+            model = checkpoint.load_model(source, **overrides)
+    else:
+        model = models.build(config_lib.get_preset(config.model.preset, **overrides),
+                             seed=config.train.seed)
+    if vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {vocab_size} ids but model.preset={config.model.preset!r} has "
+            f"vocab_size={model.config.vocab_size}; use a matching tokenizer.path or preset"
+        )
+    return model
+
+
+class MetricsWriter:
+    """metrics.jsonl + TensorBoard events, written by process 0 only."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        if not self.enabled:
+            return
+        if self.path.exists():  # drop lines past the restored step: they will be redone
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step":
+                self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self.tb.close()
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    return v.item() if v.dtype.kind in "iub" else float(v)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
+                       objective: ModuleType) -> dict:
+    """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
+    workdir = Path(workdir or config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.workdir = str(workdir)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(run_config.to_json(config))
+
+    tok = load_tokenizer(config.tokenizer.path)
+    model = build_model(config, tok.vocab_size)
+    if model.config.architecture != objective.ARCHITECTURE:
+        raise ValueError(
+            f"objective.name={config.objective.name!r} trains a {objective.ARCHITECTURE} model, "
+            f"but model.preset={config.model.preset!r} is {model.config.architecture}"
+        )
+    process_index, process_count = jax.process_index(), jax.process_count()
+    if config.train.batch_size % process_count:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                         f"number of processes ({process_count})")
+    per_process_batch = config.train.batch_size // process_count
+
+    # ---- data
+    options = dict(config.objective.to_dict())
+    loss_kwargs = dict(z_loss=options.pop("z_loss"),
+                       label_smoothing=options.pop("label_smoothing"))
+    options.pop("name")
+    stats = data.ReadStats()
+
+    def pipeline(split: str, *, train: bool):
+        spec = data.DataSpec(config.data.source, config.data.path, split,
+                             config.data.input_field, config.data.target_field,
+                             config.data.skip_bad_records)
+        records = data.read_records(spec, stats)
+        stages, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
+        counter = data.TruncationCounter(max_tokens)
+        ds = data.make_dataset(
+            records, tokenizer=tok, fields=objective.fields(config.data.input_field,
+                                                             config.data.target_field),
+            stages=stages, batch_size=per_process_batch, seed=config.train.seed,
+            shuffle=train and config.data.shuffle, repeat=True, truncation=counter,
+            process_index=process_index, process_count=process_count,
+        )
+        return ds, counter
+
+    train_ds, truncation = pipeline(config.data.split, train=True)
+    train_iter = iter(train_ds)
+    eval_ds = pipeline(config.data.eval_split, train=False)[0] if config.data.eval_split else None
+
+    # ---- model, optimizer, steps
+    tx, schedule = optim.make_optimizer(
+        config.optim.name, learning_rate=config.optim.learning_rate,
+        schedule=config.optim.schedule, warmup_steps=config.optim.warmup_steps,
+        total_steps=config.train.steps,
+        end_learning_rate_fraction=config.optim.end_learning_rate_fraction,
+        weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2,
+        grad_clip=config.optim.grad_clip,
+    )
+    model.train()
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    model.train()
+    train_step = jax.jit(
+        steps.make_train_step(graphdef, objective.loss_fn, schedule=schedule,
+                              grad_accum_steps=config.optim.grad_accum_steps,
+                              seed=config.train.seed, **loss_kwargs),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs))
+
+    # ---- checkpoints: restore the latest step if any
+    mngr = checkpoint.manager(workdir / "checkpoints", max_to_keep=config.checkpoint.keep,
+                              async_save=config.checkpoint.async_save)
+    start = mngr.latest_step() or 0
+    if mngr.latest_step() is not None:
+        state = _restore(mngr, start, state, train_iter)
+        log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+
+    def save(step: int, state) -> None:
+        model_state, opt_state = state
+        mngr.save(step, args=ocp.args.Composite(**{
+            checkpoint.PARAMS: ocp.args.StandardSave(
+                nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))),
+            checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
+            OPT_STATE: ocp.args.StandardSave(nnx.to_pure_dict(opt_state)),
+            DATA_ITER: ocp.args.JsonSave(data.iterator_state_json(train_iter)),
+            RUN_CONFIG: ocp.args.JsonSave(config.to_dict()),
+        }))
+
+    # ---- loop
+    writer = MetricsWriter(workdir, start)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    progress = _progress(config, start)
+    window_tokens, window_start = 0.0, time.perf_counter()
+    metrics: dict = {}
+    step = start
+    try:
+        while step < config.train.steps:
+            batch = next(train_iter)
+            state, metrics = train_step(state, batch)
+            step += 1
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) at step {step}; stopping. The last good "
+                    f"checkpoint (step {mngr.latest_step()}) in {workdir / 'checkpoints'} is "
+                    "kept: lower optim.learning_rate or check the data, then rerun to resume"
+                )
+            window_tokens += objective.num_tokens(batch)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}")
+            is_eval = eval_ds is not None and step % config.train.eval_every == 0
+            if step % config.train.log_every == 0 or is_eval or step == config.train.steps:
+                elapsed = time.perf_counter() - window_start
+                logged = dict(metrics, tokens_per_second=window_tokens * process_count / elapsed,
+                              truncated_examples=truncation.truncated,
+                              skipped_records=stats.skipped_records)
+                if is_eval:
+                    logged.update(_evaluate(eval_step, state[0], eval_ds,
+                                            config.train.eval_steps))
+                writer.write(step, logged)
+                window_tokens, window_start = 0.0, time.perf_counter()
+            if step % config.checkpoint.every == 0 or step == config.train.steps:
+                save(step, state)
+            if stop["signal"] is not None:
+                log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
+                if mngr.latest_step() != step:
+                    save(step, state)
+                break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+        if progress is not None:
+            progress.close()
+
+    nnx.update(model, state[0])
+    model.eval()
+    if stop["signal"] is None and eval_ds is not None and jax.process_index() == 0:
+        print(objective.describe_example(model, tok, next(iter(eval_ds))))
+    return {k: _scalar(v) for k, v in metrics.items()}
+
+
+def _restore(mngr, step, state, train_iter):
+    model_state, opt_state = state
+    abstract = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        nnx.to_pure_dict(tree))
+    params = nnx.filter_state(model_state, nnx.Param)
+    restored = mngr.restore(step, args=ocp.args.Composite(**{
+        checkpoint.PARAMS: ocp.args.StandardRestore(abstract(params)),
+        OPT_STATE: ocp.args.StandardRestore(abstract(opt_state)),
+        DATA_ITER: ocp.args.JsonRestore(),
+    }))
+    nnx.replace_by_pure_dict(params, restored[checkpoint.PARAMS])
+    nnx.update(model_state, params)
+    nnx.replace_by_pure_dict(opt_state, restored[OPT_STATE])
+    train_iter.set_state(restored[DATA_ITER])
+    return nnx.State({0: model_state, 1: opt_state}) if isinstance(state, nnx.State) else (
+        model_state, opt_state)
+
+
+def _evaluate(eval_step, model_state, eval_ds, num_batches: int) -> dict:
+    totals: dict[str, float] = {}
+    it = iter(eval_ds)
+    for _ in range(num_batches):
+        m = eval_step(model_state, next(it))
+        for k in ("loss", "accuracy"):
+            totals[k] = totals.get(k, 0.0) + float(m[k]) / num_batches
+    return {f"eval_{k}": v for k, v in totals.items()}
+
+
+def _progress(config, start):
+    if not config.train.progress_bar or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.train.steps, initial=start, desc="train", dynamic_ncols=True)
