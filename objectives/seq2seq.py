@@ -11,9 +11,9 @@ then padded (pad id 0); with `pack=True` several pairs share a row, kept apart b
 from __future__ import annotations
 
 import grain
-import jax.numpy as jnp
 import numpy as np
 
+from objectives import causal_lm
 from t5x_lite import losses, models
 
 ARCHITECTURE = "encoder_decoder"
@@ -49,36 +49,40 @@ def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: boo
             ds = grain.experimental.FirstFitPackIterDataset(
                 ds, length_struct=lengths, num_packing_bins=8, seed=seed, shuffle_bins=False)
             return ds.map(_rename_packed)
-        return ds.map(lambda ex: {k: pad_to(ex[k], lengths[k]) for k in lengths})
+        return ds.map(lambda ex: _pad(ex, lengths))
 
     return stages, max(inputs_length, targets_length)
 
 
 def _rename_packed(ex: dict) -> dict:
+    targets, segments = ex["targets"].astype(np.int32), ex["targets_segment_ids"]
     return {
         "inputs": ex["inputs"].astype(np.int32),
-        "targets": ex["targets"].astype(np.int32),
-        "inputs_segment_ids": ex["inputs_segment_ids"],
-        "targets_segment_ids": ex["targets_segment_ids"],
+        "targets": targets,
+        "decoder_inputs": causal_lm.shift_right_segments(targets, segments),
+        "inputs_segment_ids": ex["inputs_segment_ids"].astype(np.int32),
+        "targets_segment_ids": segments.astype(np.int32),
     }
+
+
+def _pad(ex: dict, lengths: dict) -> dict:
+    out = {k: pad_to(ex[k], lengths[k]) for k in lengths}
+    out["decoder_inputs"] = causal_lm.shift_right_segments(out["targets"])
+    return out
 
 
 def loss_fn(model: models.EncoderDecoder, batch: dict, *, z_loss: float = 0.0,
             label_smoothing: float = 0.0):
-    """Teacher-forced cross-entropy over non-pad target tokens (float32)."""
+    """Teacher-forced cross-entropy over non-pad target tokens (float32).
+
+    `decoder_inputs` are the targets shifted right (within each packed segment), built by the
+    pipeline; packed batches carry `inputs_segment_ids` / `targets_segment_ids`.
+    """
     inputs, targets = batch["inputs"], batch["targets"]
     segments = batch.get("inputs_segment_ids")
     decoder_segments = batch.get("targets_segment_ids")
-    if decoder_segments is not None:
-        # Shift within each packed segment: a segment's first token sees the start token.
-        starts = jnp.concatenate([jnp.ones_like(decoder_segments[:, :1], bool),
-                                  decoder_segments[:, 1:] != decoder_segments[:, :-1]], axis=1)
-        decoder_inputs = jnp.where(starts, model.config.decoder_start_token_id,
-                                   models.shift_right(targets))
-    else:
-        decoder_inputs = models.shift_right(targets, model.config.decoder_start_token_id)
     logits = model(
-        inputs, decoder_inputs,
+        inputs, batch["decoder_inputs"],
         attention_mask=None if segments is not None else (inputs != 0),
         decoder_attention_mask=None if decoder_segments is not None else (targets != 0),
         segment_ids=segments, decoder_segment_ids=decoder_segments,

@@ -54,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("t5x_lite").setLevel(logging.INFO)
 
     if args.command == "train":
+        import objectives
         from t5x_lite import run_config, train
 
         config = run_config.from_command_line(args.config, extra)
-        train.train_and_evaluate(config, args.workdir or config.workdir)
+        train.train_and_evaluate(config, args.workdir or config.workdir,
+                                 objectives.get(config.objective.name))
     elif args.command == "convert":
         from t5x_lite import conversion
 

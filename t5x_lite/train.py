@@ -187,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         log.info("resumed from %s at step %d", workdir / "checkpoints", start)
 
     def save(step: int, state) -> None:
-        model_state, opt_state = state
+        model_state, opt_state = state[0], state[1]
         mngr.save(step, args=ocp.args.Composite(**{
             checkpoint.PARAMS: ocp.args.StandardSave(
                 nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))),
@@ -255,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
 
 def _restore(mngr, step, state, train_iter):
-    model_state, opt_state = state
+    model_state, opt_state = state[0], state[1]
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         nnx.to_pure_dict(tree))
@@ -269,8 +269,7 @@ def _restore(mngr, step, state, train_iter):
     nnx.update(model_state, params)
     nnx.replace_by_pure_dict(opt_state, restored[OPT_STATE])
     train_iter.set_state(restored[DATA_ITER])
-    return nnx.State({0: model_state, 1: opt_state}) if isinstance(state, nnx.State) else (
-        model_state, opt_state)
+    return state
 
 
 def _evaluate(eval_step, model_state, eval_ds, num_batches: int) -> dict:
