@@ -59,6 +59,35 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     return out
 
 
+def _sum_leading(x: jax.Array, size: int) -> jax.Array:
+    """Sum the leading axis down to `size` (1 or unchanged) by halving: XLA:CPU reduces a
+    leading axis ~50x slower than it adds two contiguous halves."""
+    while x.shape[0] > size:
+        half = x.shape[0] // 2
+        odd = x[2 * half:]
+        x = x[:half] + x[half:2 * half]
+        if odd.shape[0]:
+            x = x.at[:1].add(odd)
+    return x
+
+
+@jax.custom_vjp
+def add_bias(scores: jax.Array, bias: jax.Array) -> jax.Array:
+    """scores (B, N, T, S) + bias broadcast over the batch (1|B, N, T, S)."""
+    return scores + bias
+
+
+def _add_bias_fwd(scores, bias):
+    return scores + bias, bias.shape[0]
+
+
+def _add_bias_bwd(bias_batch, g):
+    return g, _sum_leading(g, bias_batch)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def dot_product_attention(
     q: jax.Array,  # (B, T, N, H)
     k: jax.Array,  # (B, S, N, H)
@@ -71,7 +100,7 @@ def dot_product_attention(
     """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling."""
     scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
-        scores = scores + bias
+        scores = add_bias(scores, bias)
     if mask is not None:
         scores = jnp.where(mask, scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
