@@ -41,9 +41,10 @@ def time_ours(model, batch, n_steps):
     model.train()
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-    step = jax.jit(steps.make_train_step(graphdef, seq2seq.loss_fn,
-                                         schedule=optax.constant_schedule(1e-4)),
-                   donate_argnums=0)
+    step = jax.jit(
+        steps.make_train_step(graphdef, seq2seq.loss_fn, schedule=optax.constant_schedule(1e-4)),
+        donate_argnums=0,
+    )
     batch = jax.device_put(batch)
     state, m = step(state, batch)  # compile
     jax.block_until_ready(m)
@@ -92,8 +93,10 @@ def main():
     args = parser.parse_args()
 
     peak = flops.measure_matmul_peak()
-    print(f"devices: {jax.devices()}  torch threads: {__import__('torch').get_num_threads()}  "
-          f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"devices: {jax.devices()}  torch threads: {__import__('torch').get_num_threads()}  "
+        f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s"
+    )
     rows = []
     for name in args.presets.split(","):
         cfg = config.get_preset(name, dropout_rate=0.0)
@@ -105,18 +108,33 @@ def main():
         ours_time, ours_loss = time_ours(model, batch, args.steps)
         tokens = args.batch * (args.inputs_length + args.targets_length)
         model_flops = args.batch * flops.train_flops_per_example(
-            cfg, inputs_length=args.inputs_length, targets_length=args.targets_length)
-        rows.append((name, tokens / ours_time, tokens / hf_time, hf_time / ours_time,
-                     model_flops / ours_time / peak, ours_loss, hf_loss))
+            cfg, inputs_length=args.inputs_length, targets_length=args.targets_length
+        )
+        rows.append(
+            (
+                name,
+                tokens / ours_time,
+                tokens / hf_time,
+                hf_time / ours_time,
+                model_flops / ours_time / peak,
+                ours_loss,
+                hf_loss,
+            )
+        )
 
-    print(f"\nbatch {args.batch}, inputs {args.inputs_length}, targets {args.targets_length}, "
-          f"float32, AdamW; median of {args.steps} steps\n")
+    print(
+        f"\nbatch {args.batch}, inputs {args.inputs_length}, targets {args.targets_length}, "
+        f"float32, AdamW; median of {args.steps} steps\n"
+    )
     print("| preset | ours tokens/s | HF PyTorch tokens/s | ours / HF | ours MFU vs matmul peak |")
     print("| --- | --- | --- | --- | --- |")
     for name, ours, theirs, ratio, mfu, *_ in rows:
         print(f"| {name} | {ours:,.0f} | {theirs:,.0f} | {ratio:.2f}x | {mfu:.0%} |")
-    print("\n(first-step losses, ours vs HF, as a sanity check: "
-          + ", ".join(f"{r[0]}: {r[5]:.3f} / {r[6]:.3f}" for r in rows) + ")")
+    print(
+        "\n(first-step losses, ours vs HF, as a sanity check: "
+        + ", ".join(f"{r[0]}: {r[5]:.3f} / {r[6]:.3f}" for r in rows)
+        + ")"
+    )
 
 
 if __name__ == "__main__":

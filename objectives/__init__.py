@@ -27,6 +27,7 @@ NAMES = ("span_corruption", "causal_lm", "masked_lm", "seq2seq")
 def get(name: str) -> ModuleType:
     """The objective module called `name`."""
     if name not in NAMES:
-        raise ValueError(f"objective.name={name!r} is not supported; expected one of "
-                         f"{', '.join(NAMES)}")
+        raise ValueError(
+            f"objective.name={name!r} is not supported; expected one of {', '.join(NAMES)}"
+        )
     return importlib.import_module(f"objectives.{name}")

@@ -77,26 +77,39 @@ def make_stages(tokenizer, *, inputs_length: int, pack: bool, seed: int, **_):
             segments = (targets != 0).astype(np.int32)
         else:
             targets = ex["targets"].astype(np.int32)
-        return {"inputs": shift_right_segments(targets, segments).astype(np.int32),
-                "targets": targets, "segment_ids": segments.astype(np.int32)}
+        return {
+            "inputs": shift_right_segments(targets, segments).astype(np.int32),
+            "targets": targets,
+            "segment_ids": segments.astype(np.int32),
+        }
 
     def stages(ds: grain.IterDataset) -> grain.IterDataset:
         ds = ds.map(lambda ex: preprocess(ex["targets"], eos_id=tokenizer.eos_id))
         if pack:
             ds = grain.experimental.FirstFitPackIterDataset(
-                ds, length_struct={"targets": length}, num_packing_bins=8, seed=seed,
-                shuffle_bins=False)
+                ds,
+                length_struct={"targets": length},
+                num_packing_bins=8,
+                seed=seed,
+                shuffle_bins=False,
+            )
         return ds.map(finish)
 
     return stages, length - 1  # room for EOS
 
 
-def loss_fn(model: models.DecoderOnly, batch: dict, *, z_loss: float = 0.0,
-            label_smoothing: float = 0.0):
+def loss_fn(
+    model: models.DecoderOnly, batch: dict, *, z_loss: float = 0.0, label_smoothing: float = 0.0
+):
     """Next-token cross-entropy over real tokens; attention never crosses segments."""
     logits = model(batch["inputs"], segment_ids=batch["segment_ids"])
-    return losses.cross_entropy(logits, batch["targets"], batch["segment_ids"] > 0,
-                                z_loss=z_loss, label_smoothing=label_smoothing)
+    return losses.cross_entropy(
+        logits,
+        batch["targets"],
+        batch["segment_ids"] > 0,
+        z_loss=z_loss,
+        label_smoothing=label_smoothing,
+    )
 
 
 def num_tokens(batch: dict) -> int:
@@ -106,10 +119,13 @@ def num_tokens(batch: dict) -> int:
 def describe_example(model, tokenizer, batch: dict) -> str:
     """The first packed document and the model's next-token predictions for it."""
     first = batch["segment_ids"][0] == 1
-    predicted = np.asarray(model(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1])
-                           ).argmax(-1)[0]
-    return "\n".join([
-        "example (teacher-forced next-token predictions):",
-        f"  text:      {tokenizer.decode(batch['targets'][0][first].tolist())}",
-        f"  predicted: {tokenizer.decode(predicted[first].tolist())}",
-    ])
+    predicted = np.asarray(model(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1])).argmax(
+        -1
+    )[0]
+    return "\n".join(
+        [
+            "example (teacher-forced next-token predictions):",
+            f"  text:      {tokenizer.decode(batch['targets'][0][first].tolist())}",
+            f"  predicted: {tokenizer.decode(predicted[first].tolist())}",
+        ]
+    )

@@ -106,30 +106,44 @@ def make_stages(tokenizer, *, inputs_length: int, mask_rate: float, seed: int, *
     lo, hi = T5_FIRST_REGULAR_ID, tokenizer.vocab_size - tokenizer.num_sentinels
 
     def mask(ex, rng):
-        out = preprocess(ex["targets"], rng=rng, vocab_size=tokenizer.vocab_size,
-                         mask_id=tokenizer.sentinel_id(0),
-                         special_ids=(tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id),
-                         mask_rate=mask_rate, random_token_range=(lo, hi))
-        return {"inputs": out["inputs"].astype(np.int32),
-                "targets": out["targets"].astype(np.int32),
-                "loss_mask": out["loss_mask"].astype(np.int32),
-                "segment_ids": ex["targets_segment_ids"].astype(np.int32)}
+        out = preprocess(
+            ex["targets"],
+            rng=rng,
+            vocab_size=tokenizer.vocab_size,
+            mask_id=tokenizer.sentinel_id(0),
+            special_ids=(tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id),
+            mask_rate=mask_rate,
+            random_token_range=(lo, hi),
+        )
+        return {
+            "inputs": out["inputs"].astype(np.int32),
+            "targets": out["targets"].astype(np.int32),
+            "loss_mask": out["loss_mask"].astype(np.int32),
+            "segment_ids": ex["targets_segment_ids"].astype(np.int32),
+        }
 
     def stages(ds: grain.IterDataset) -> grain.IterDataset:
         ds = ds.map(lambda ex: {"targets": np.append(ex["targets"], tokenizer.eos_id)})
         ds = grain.experimental.ConcatThenSplitIterDataset(
-            ds, length_struct={"targets": inputs_length})
+            ds, length_struct={"targets": inputs_length}
+        )
         return ds.random_map(mask, seed=seed)
 
     return stages, 1 << 30
 
 
-def loss_fn(model: models.EncoderOnly, batch: dict, *, z_loss: float = 0.0,
-            label_smoothing: float = 0.0):
+def loss_fn(
+    model: models.EncoderOnly, batch: dict, *, z_loss: float = 0.0, label_smoothing: float = 0.0
+):
     """Cross-entropy on the selected positions only."""
     logits = model(batch["inputs"], segment_ids=batch["segment_ids"])
-    return losses.cross_entropy(logits, batch["targets"], batch["loss_mask"] > 0,
-                                z_loss=z_loss, label_smoothing=label_smoothing)
+    return losses.cross_entropy(
+        logits,
+        batch["targets"],
+        batch["loss_mask"] > 0,
+        z_loss=z_loss,
+        label_smoothing=label_smoothing,
+    )
 
 
 def num_tokens(batch: dict) -> int:
@@ -139,11 +153,14 @@ def num_tokens(batch: dict) -> int:
 def describe_example(model, tokenizer, batch: dict) -> str:
     """A masked row, the hidden tokens and the model's guesses for them."""
     selected = batch["loss_mask"][0] > 0
-    guesses = np.asarray(model(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1])
-                         ).argmax(-1)[0]
-    return "\n".join([
-        "example (masked positions):",
-        f"  input:   {tokenizer.decode(batch['inputs'][0][:64].tolist())}",
-        f"  hidden:  {tokenizer.decode(batch['targets'][0][selected].tolist())}",
-        f"  guessed: {tokenizer.decode(guesses[selected].tolist())}",
-    ])
+    guesses = np.asarray(model(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1])).argmax(
+        -1
+    )[0]
+    return "\n".join(
+        [
+            "example (masked positions):",
+            f"  input:   {tokenizer.decode(batch['inputs'][0][:64].tolist())}",
+            f"  hidden:  {tokenizer.decode(batch['targets'][0][selected].tolist())}",
+            f"  guessed: {tokenizer.decode(guesses[selected].tolist())}",
+        ]
+    )

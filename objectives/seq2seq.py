@@ -34,8 +34,7 @@ def pad_to(tokens: np.ndarray, length: int, pad_id: int = 0) -> np.ndarray:
     return out
 
 
-def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int,
-                **_):
+def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int, **_):
     """grain stages (tokens -> fixed-length rows) and the longest text kept before cutting."""
     targets_length = targets_length or inputs_length
     lengths = {"inputs": inputs_length, "targets": targets_length}
@@ -47,7 +46,8 @@ def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: boo
         ds = ds.map(add_eos)
         if pack:
             ds = grain.experimental.FirstFitPackIterDataset(
-                ds, length_struct=lengths, num_packing_bins=8, seed=seed, shuffle_bins=False)
+                ds, length_struct=lengths, num_packing_bins=8, seed=seed, shuffle_bins=False
+            )
             return ds.map(_rename_packed)
         return ds.map(lambda ex: _pad(ex, lengths))
 
@@ -71,8 +71,9 @@ def _pad(ex: dict, lengths: dict) -> dict:
     return out
 
 
-def loss_fn(model: models.EncoderDecoder, batch: dict, *, z_loss: float = 0.0,
-            label_smoothing: float = 0.0):
+def loss_fn(
+    model: models.EncoderDecoder, batch: dict, *, z_loss: float = 0.0, label_smoothing: float = 0.0
+):
     """Teacher-forced cross-entropy over non-pad target tokens (float32).
 
     `decoder_inputs` are the targets shifted right (within each packed segment), built by the
@@ -82,13 +83,16 @@ def loss_fn(model: models.EncoderDecoder, batch: dict, *, z_loss: float = 0.0,
     segments = batch.get("inputs_segment_ids")
     decoder_segments = batch.get("targets_segment_ids")
     logits = model(
-        inputs, batch["decoder_inputs"],
+        inputs,
+        batch["decoder_inputs"],
         attention_mask=None if segments is not None else (inputs != 0),
         decoder_attention_mask=None if decoder_segments is not None else (targets != 0),
-        segment_ids=segments, decoder_segment_ids=decoder_segments,
+        segment_ids=segments,
+        decoder_segment_ids=decoder_segments,
     )
-    return losses.cross_entropy(logits, targets, targets != 0, z_loss=z_loss,
-                                label_smoothing=label_smoothing)
+    return losses.cross_entropy(
+        logits, targets, targets != 0, z_loss=z_loss, label_smoothing=label_smoothing
+    )
 
 
 def num_tokens(batch: dict) -> int:
@@ -101,11 +105,14 @@ def describe_example(model, tokenizer, batch: dict, max_new_tokens: int = 32) ->
     from t5x_lite import decoding
 
     inputs = batch["inputs"][:1]
-    tokens, _ = decoding.generate(model, inputs, max_new_tokens=max_new_tokens,
-                                  eos_id=tokenizer.eos_id)
-    return "\n".join([
-        "example:",
-        f"  input:  {tokenizer.decode(inputs[0].tolist())}",
-        f"  target: {tokenizer.decode(batch['targets'][0].tolist())}",
-        f"  output: {tokenizer.decode(np.asarray(tokens[0]).tolist())}",
-    ])
+    tokens, _ = decoding.generate(
+        model, inputs, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id
+    )
+    return "\n".join(
+        [
+            "example:",
+            f"  input:  {tokenizer.decode(inputs[0].tolist())}",
+            f"  target: {tokenizer.decode(batch['targets'][0].tolist())}",
+            f"  output: {tokenizer.decode(np.asarray(tokens[0]).tolist())}",
+        ]
+    )

@@ -253,8 +253,16 @@ def fields(input_field: str, target_field: str) -> dict[str, str]:
     return {"targets": input_field}
 
 
-def make_stages(tokenizer, *, inputs_length: int, targets_length: int, noise_density: float,
-                mean_noise_span_length: float, seed: int, **_):
+def make_stages(
+    tokenizer,
+    *,
+    inputs_length: int,
+    targets_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    seed: int,
+    **_,
+):
     """grain stages: documents -> concatenated and split into raw chunks (T5's
     `reduce_concat_tokens` + `split_tokens`) -> span corruption -> padded rows.
 
@@ -262,26 +270,35 @@ def make_stages(tokenizer, *, inputs_length: int, targets_length: int, noise_den
     fill `inputs_length` exactly; targets are padded to `targets_length` (0: the derived 114).
     Documents are split, never truncated.
     """
-    raw_length, derived = random_spans_helper(inputs_length, noise_density,
-                                              mean_noise_span_length)
+    raw_length, derived = random_spans_helper(inputs_length, noise_density, mean_noise_span_length)
     targets_length = targets_length or derived
     if targets_length < derived:
-        raise ValueError(f"objective.targets_length={targets_length} is shorter than the "
-                         f"{derived} span corruption needs for inputs_length={inputs_length}")
+        raise ValueError(
+            f"objective.targets_length={targets_length} is shorter than the "
+            f"{derived} span corruption needs for inputs_length={inputs_length}"
+        )
 
     def corrupt(ex, rng):
         tokens = ex["targets"][ex["targets_segment_ids"] > 0]
-        out = preprocess(tokens, vocab_size=tokenizer.vocab_size, rng=rng,
-                         noise_density=noise_density,
-                         mean_noise_span_length=mean_noise_span_length,
-                         eos_id=tokenizer.eos_id)
+        out = preprocess(
+            tokens,
+            vocab_size=tokenizer.vocab_size,
+            rng=rng,
+            noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length,
+            eos_id=tokenizer.eos_id,
+        )
         targets = seq2seq.pad_to(out["targets"], targets_length)
-        return {"inputs": seq2seq.pad_to(out["inputs"], inputs_length), "targets": targets,
-                "decoder_inputs": causal_lm.shift_right_segments(targets)}
+        return {
+            "inputs": seq2seq.pad_to(out["inputs"], inputs_length),
+            "targets": targets,
+            "decoder_inputs": causal_lm.shift_right_segments(targets),
+        }
 
     def stages(ds: grain.IterDataset) -> grain.IterDataset:
         ds = grain.experimental.ConcatThenSplitIterDataset(
-            ds, length_struct={"targets": raw_length})
+            ds, length_struct={"targets": raw_length}
+        )
         return ds.random_map(corrupt, seed=seed)
 
     return stages, 1 << 30

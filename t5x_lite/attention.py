@@ -64,8 +64,8 @@ def _sum_leading(x: jax.Array, size: int) -> jax.Array:
     leading axis ~50x slower than it adds two contiguous halves."""
     while x.shape[0] > size:
         half = x.shape[0] // 2
-        odd = x[2 * half:]
-        x = x[:half] + x[half:2 * half]
+        odd = x[2 * half :]
+        x = x[:half] + x[half : 2 * half]
         if odd.shape[0]:
             x = x.at[:1].add(odd)
     return x
@@ -115,16 +115,30 @@ class MultiHeadAttention(nnx.Module):
     Kernels: q, k, v (D, N, H) named (embed, heads, kv); o (N, H, D) named (heads, kv, embed).
     """
 
-    def __init__(self, d_model: int, num_heads: int, d_kv: int, *, dropout_rate: float,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_kv: int,
+        *,
+        dropout_rate: float,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
         qkv = ("embed", "heads", "kv")
         shape = (d_model, num_heads, d_kv)
         # HF/Mesh-TF T5 initialisation; the query absorbs the missing 1/sqrt(H).
         self.q = param(rngs, normal((d_model * d_kv) ** -0.5), shape, qkv, param_dtype)
         self.k = param(rngs, normal(d_model**-0.5), shape, qkv, param_dtype)
         self.v = param(rngs, normal(d_model**-0.5), shape, qkv, param_dtype)
-        self.o = param(rngs, normal((num_heads * d_kv) ** -0.5), (num_heads, d_kv, d_model),
-                       ("heads", "kv", "embed"), param_dtype)
+        self.o = param(
+            rngs,
+            normal((num_heads * d_kv) ** -0.5),
+            (num_heads, d_kv, d_model),
+            ("heads", "kv", "embed"),
+            param_dtype,
+        )
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.dtype = dtype
 
@@ -154,7 +168,13 @@ class MultiHeadAttention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             cache = {"k": k, "v": v}
-        h = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), bias=bias,
-                                  mask=mask, dropout=self.dropout)
+        h = dot_product_attention(
+            q,
+            k.astype(self.dtype),
+            v.astype(self.dtype),
+            bias=bias,
+            mask=mask,
+            dropout=self.dropout,
+        )
         out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
         return out if cache is None else (out, cache)

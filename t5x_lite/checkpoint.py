@@ -29,10 +29,12 @@ PARAMS = "params"
 MODEL_CONFIG = "model_config"
 
 
-def manager(directory: str | os.PathLike, *, max_to_keep: int | None = None,
-            async_save: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           enable_async_checkpointing=async_save)
+def manager(
+    directory: str | os.PathLike, *, max_to_keep: int | None = None, async_save: bool = False
+) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save
+    )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
@@ -44,10 +46,15 @@ def params_of(model: models.Model) -> dict:
 def save_model(directory: str | os.PathLike, model: models.Model, *, step: int = 0) -> Path:
     """Write `model` as step `step` of a checkpoint directory (params + model_config)."""
     with manager(directory) as mngr:
-        mngr.save(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardSave(params_of(model)),
-            MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
-        }))
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardSave(params_of(model)),
+                    MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
+                }
+            ),
+        )
         mngr.wait_until_finished()
     return Path(directory)
 
@@ -69,17 +76,20 @@ def latest_step(directory: str | os.PathLike) -> int:
     return step
 
 
-def load_model_config(directory: str | os.PathLike, *, step: int | None = None
-                      ) -> config_lib.ModelConfig:
+def load_model_config(
+    directory: str | os.PathLike, *, step: int | None = None
+) -> config_lib.ModelConfig:
     step = latest_step(directory) if step is None else step
     with manager(directory) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(**{
-            MODEL_CONFIG: ocp.args.JsonRestore()}))
+        restored = mngr.restore(
+            step, args=ocp.args.Composite(**{MODEL_CONFIG: ocp.args.JsonRestore()})
+        )
     return config_lib.ModelConfig.from_dict(restored[MODEL_CONFIG])
 
 
-def restore_params(directory: str | os.PathLike, abstract_model: models.Model, *,
-                   step: int | None = None) -> dict:
+def restore_params(
+    directory: str | os.PathLike, abstract_model: models.Model, *, step: int | None = None
+) -> dict:
     """Parameters of `step` (default: latest) shaped and sharded like `abstract_model`'s."""
     step = latest_step(directory) if step is None else step
     target = params_of(abstract_model)
@@ -88,13 +98,15 @@ def restore_params(directory: str | os.PathLike, abstract_model: models.Model, *
         target,
     )
     with manager(directory) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardRestore(target)}))
+        restored = mngr.restore(
+            step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)})
+        )
     return restored[PARAMS]
 
 
-def load_model(directory: str | os.PathLike, *, step: int | None = None,
-               **config_overrides) -> models.Model:
+def load_model(
+    directory: str | os.PathLike, *, step: int | None = None, **config_overrides
+) -> models.Model:
     """Rebuild the model saved at `step` (default: latest), in eval mode.
 
     `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`.

@@ -18,8 +18,12 @@ from t5x_lite import checkpoint, hf
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "spiece.model",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -29,8 +33,9 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def hf_to_native(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 architecture: str | None = None) -> Path:
+def hf_to_native(
+    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, architecture: str | None = None
+) -> Path:
     model = hf.from_pretrained(hf_dir, architecture=architecture)
     checkpoint.save_model(out_dir, model)
     _copy_tokenizer(Path(hf_dir), Path(out_dir) / "tokenizer")

@@ -85,8 +85,10 @@ def _read_jsonl(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
                 if skip_bad:
                     stats.skipped_records += 1
                     continue
-                raise ValueError(f"{path}:{lineno}: malformed record ({e}); fix the line or set "
-                                 "--config.data.skip_bad_records=true") from e
+                raise ValueError(
+                    f"{path}:{lineno}: malformed record ({e}); fix the line or set "
+                    "--config.data.skip_bad_records=true"
+                ) from e
             record["_position"] = f"{path}:{lineno}"
             records.append(record)
     return records
@@ -112,8 +114,11 @@ def _read_file(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
             return [dict(r, _position=f"{path}:{i + 2}") for i, r in enumerate(csv.DictReader(f))]
     if ext == ".txt":
         with open(path, encoding="utf-8") as f:
-            return [{TEXT_FIELD: line.rstrip("\n"), "_position": f"{path}:{i + 1}"}
-                    for i, line in enumerate(f) if line.strip()]
+            return [
+                {TEXT_FIELD: line.rstrip("\n"), "_position": f"{path}:{i + 1}"}
+                for i, line in enumerate(f)
+                if line.strip()
+            ]
     if ext == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -121,16 +126,19 @@ def _read_file(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
             raise ValueError(f"reading {path} needs pyarrow: pip install pyarrow") from e
         rows = pq.read_table(path).to_pylist()
         return [dict(r, _position=f"{path}[row {i}]") for i, r in enumerate(rows)]
-    raise ValueError(f"data file {path}: unsupported extension {ext!r}; expected one of "
-                     f"{', '.join(FILE_EXTENSIONS)}")
+    raise ValueError(
+        f"data file {path}: unsupported extension {ext!r}; expected one of "
+        f"{', '.join(FILE_EXTENSIONS)}"
+    )
 
 
 def _read_hf(spec: DataSpec) -> list[dict]:
     try:
         import datasets
     except ImportError as e:
-        raise ValueError("data.source='hf' needs the `datasets` package: pip install "
-                         "datasets") from e
+        raise ValueError(
+            "data.source='hf' needs the `datasets` package: pip install datasets"
+        ) from e
     ds = datasets.load_dataset(spec.path, split=spec.split)
     return [dict(r, _position=f"{spec.path}[{spec.split}][{i}]") for i, r in enumerate(ds)]
 
@@ -139,12 +147,15 @@ def _read_tfds(spec: DataSpec) -> list[dict]:
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise ValueError("data.source='tfds' needs the [tfds] extra: pip install "
-                         "'t5x_lite[tfds]'") from e
+        raise ValueError(
+            "data.source='tfds' needs the [tfds] extra: pip install 't5x_lite[tfds]'"
+        ) from e
     rows = tfds.as_numpy(tfds.load(spec.path, split=spec.split))
     decode = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
-    return [{k: decode(v) for k, v in r.items()} | {"_position": f"{spec.path}[{i}]"}
-            for i, r in enumerate(rows)]
+    return [
+        {k: decode(v) for k, v in r.items()} | {"_position": f"{spec.path}[{i}]"}
+        for i, r in enumerate(rows)
+    ]
 
 
 def read_records(spec: DataSpec, stats: ReadStats | None = None) -> list[dict]:
@@ -155,10 +166,13 @@ def read_records(spec: DataSpec, stats: ReadStats | None = None) -> list[dict]:
 
         splits = corpus.splits()
         if spec.split not in splits:
-            raise ValueError(f"the embedded corpus has no split {spec.split!r}; splits: "
-                             f"{', '.join(splits)}")
-        records = [dict(r, _position=f"embedded[{spec.split}][{i}]")
-                   for i, r in enumerate(splits[spec.split])]
+            raise ValueError(
+                f"the embedded corpus has no split {spec.split!r}; splits: {', '.join(splits)}"
+            )
+        records = [
+            dict(r, _position=f"embedded[{spec.split}][{i}]")
+            for i, r in enumerate(splits[spec.split])
+        ]
     elif spec.source == "jsonl":
         records = _read_file(_resolve_path(spec), spec.skip_bad_records, stats)
     elif spec.source == "hf":
@@ -166,11 +180,14 @@ def read_records(spec: DataSpec, stats: ReadStats | None = None) -> list[dict]:
     elif spec.source == "tfds":
         records = _read_tfds(spec)
     else:
-        raise ValueError(f"data.source={spec.source!r} is not supported; expected one of "
-                         f"{', '.join(SOURCES)}")
+        raise ValueError(
+            f"data.source={spec.source!r} is not supported; expected one of {', '.join(SOURCES)}"
+        )
     if not records:
-        raise ValueError(f"data source {spec.source}:{spec.path or spec.split} "
-                         f"(split {spec.split!r}) has no records")
+        raise ValueError(
+            f"data source {spec.source}:{spec.path or spec.split} "
+            f"(split {spec.split!r}) has no records"
+        )
     return records
 
 
@@ -230,8 +247,10 @@ def make_dataset(
     texts = [{k: str(r[f]) for k, f in fields.items()} for r in records]
     texts = texts[process_index::process_count]
     if not texts:
-        raise ValueError(f"process {process_index} of {process_count} got no records: the "
-                         f"source has only {len(records)}")
+        raise ValueError(
+            f"process {process_index} of {process_count} got no records: the "
+            f"source has only {len(records)}"
+        )
     ds = grain.MapDataset.source(texts)
     if shuffle:
         ds = ds.shuffle(seed=seed)

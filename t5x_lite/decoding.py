@@ -23,10 +23,23 @@ from flax import nnx
 from t5x_lite import models
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "pad_id",
-                                             "start_id", "temperature"))
-def _generate(graphdef, state, input_ids, attention_mask, rng, *, max_new_tokens, eos_id, pad_id,
-              start_id, temperature):
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "eos_id", "pad_id", "start_id", "temperature"),
+)
+def _generate(
+    graphdef,
+    state,
+    input_ids,
+    attention_mask,
+    rng,
+    *,
+    max_new_tokens,
+    eos_id,
+    pad_id,
+    start_id,
+    temperature,
+):
     model = nnx.merge(graphdef, state)
     batch = input_ids.shape[0]
     encoded = model.encode(input_ids, attention_mask)
@@ -62,8 +75,17 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, *, max_new_tokens
     return tokens, logprobs
 
 
-def generate(model: models.Model, input_ids, *, attention_mask=None, max_new_tokens: int,
-             temperature: float = 0.0, eos_id: int = 1, pad_id: int = 0, rng=None):
+def generate(
+    model: models.Model,
+    input_ids,
+    *,
+    attention_mask=None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_id: int = 1,
+    pad_id: int = 0,
+    rng=None,
+):
     """Greedy (temperature 0) or sampled continuation of each input; see the module doc."""
     if not isinstance(model, models.EncoderDecoder):
         raise NotImplementedError("generate supports EncoderDecoder models for now")
@@ -79,7 +101,15 @@ def generate(model: models.Model, input_ids, *, attention_mask=None, max_new_tok
     model = nnx.merge(*nnx.split(model))  # a view in eval mode; the caller's keeps its mode
     model.eval()
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, input_ids, jnp.asarray(attention_mask), rng,
-                     max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                     start_id=model.config.decoder_start_token_id,
-                     temperature=float(temperature))
+    return _generate(
+        graphdef,
+        state,
+        input_ids,
+        jnp.asarray(attention_mask),
+        rng,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        start_id=model.config.decoder_start_token_id,
+        temperature=float(temperature),
+    )

@@ -35,8 +35,9 @@ def _scores(cfg: ModelConfig, q_tokens: int, kv_tokens: float) -> float:
     return 2.0 * 2 * q_tokens * kv_tokens * cfg.num_heads * cfg.d_kv  # QK^T and AV
 
 
-def forward_flops_per_example(cfg: ModelConfig, *, inputs_length: int,
-                              targets_length: int = 0) -> float:
+def forward_flops_per_example(
+    cfg: ModelConfig, *, inputs_length: int, targets_length: int = 0
+) -> float:
     """Forward matmul FLOPs for one example (S input tokens, T target tokens)."""
     s, t = inputs_length, targets_length
     if cfg.architecture == "decoder_only":
@@ -54,10 +55,12 @@ def forward_flops_per_example(cfg: ModelConfig, *, inputs_length: int,
     return flops + 2.0 * t * cfg.d_model * cfg.vocab_size
 
 
-def train_flops_per_example(cfg: ModelConfig, *, inputs_length: int,
-                            targets_length: int = 0) -> float:
-    return 3.0 * forward_flops_per_example(cfg, inputs_length=inputs_length,
-                                           targets_length=targets_length)
+def train_flops_per_example(
+    cfg: ModelConfig, *, inputs_length: int, targets_length: int = 0
+) -> float:
+    return 3.0 * forward_flops_per_example(
+        cfg, inputs_length=inputs_length, targets_length=targets_length
+    )
 
 
 def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:

@@ -52,8 +52,9 @@ _OPTIONAL_HEADS = ("lm_head.", "classifier.")
 # ----------------------------------------------------------------------------- configs
 
 
-def config_from_hf(hf_config: dict, *, architecture: str | None = None, source: str = "",
-                   **overrides) -> config_lib.ModelConfig:
+def config_from_hf(
+    hf_config: dict, *, architecture: str | None = None, source: str = "", **overrides
+) -> config_lib.ModelConfig:
     """Our `ModelConfig` from a HF T5Config dict. `architecture` overrides the one named in
     `architectures` (e.g. load a T5ForConditionalGeneration's encoder as `encoder_only`)."""
     where = f" in {source}" if source else ""
@@ -93,8 +94,11 @@ def config_from_hf(hf_config: dict, *, architecture: str | None = None, source: 
         layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
         feed_forward_proj=proj,
         # transformers >= 5 always ties and records v1.0's output scaling separately.
-        tie_word_embeddings=bool(hf_config.get(
-            "scale_decoder_outputs", hf_config.get("tie_word_embeddings", tie_default))),
+        tie_word_embeddings=bool(
+            hf_config.get(
+                "scale_decoder_outputs", hf_config.get("tie_word_embeddings", tie_default)
+            )
+        ),
         pad_token_id=hf_config.get("pad_token_id", 0) or 0,
         eos_token_id=_first(hf_config.get("eos_token_id", 1)),
         decoder_start_token_id=hf_config.get("decoder_start_token_id", 0) or 0,
@@ -166,8 +170,11 @@ def _attention(ours: tuple, hf: str, cfg) -> Iterator[tuple[tuple, str, Transfor
 
 
 def _stack(cfg, ours: str, hf: str, num_layers: int, cross: bool):
-    yield (ours, "relative_bias", "embedding"), (
-        f"{hf}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"), _IDENTITY
+    yield (
+        (ours, "relative_bias", "embedding"),
+        (f"{hf}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        _IDENTITY,
+    )
     for i in range(num_layers):
         o, b = (ours, "layers", i), f"{hf}.block.{i}.layer"
         yield from _attention((*o, "self_attn"), f"{b}.0.SelfAttention", cfg)
@@ -225,9 +232,12 @@ def _weight_files(directory: Path) -> dict[str, Path]:
             raise ValueError(f"{index}: expected a 'weight_map' object of tensor name -> file")
         return {k: directory / v for k, v in weight_map.items()}
     others = sorted(p.name for p in directory.iterdir())
-    hint = (" (pytorch_model.bin needs torch: re-save it with "
-            "`model.save_pretrained(dir, safe_serialization=True)`)"
-            if "pytorch_model.bin" in others else "")
+    hint = (
+        " (pytorch_model.bin needs torch: re-save it with "
+        "`model.save_pretrained(dir, safe_serialization=True)`)"
+        if "pytorch_model.bin" in others
+        else ""
+    )
     raise FileNotFoundError(
         f"no weights in {directory}: expected {SAFETENSORS} or {SAFETENSORS_INDEX}; "
         f"found {others}{hint}"
@@ -260,8 +270,13 @@ def load_hf_config(path: str | os.PathLike) -> dict:
     return _read_json(config_path)
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
-                    architecture: str | None = None, **config_overrides) -> models.Model:
+def from_pretrained(
+    path: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    architecture: str | None = None,
+    **config_overrides,
+) -> models.Model:
     """Load a local HF T5-family directory into our model (eval mode, float32 parameters).
 
     dtype: compute dtype (e.g. "bfloat16"); `config_overrides` replace other ModelConfig fields
@@ -270,8 +285,12 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
     directory = Path(path)
     if dtype is not None:
         config_overrides["dtype"] = dtype
-    cfg = config_from_hf(load_hf_config(directory), architecture=architecture,
-                         source=str(directory / "config.json"), **config_overrides)
+    cfg = config_from_hf(
+        load_hf_config(directory),
+        architecture=architecture,
+        source=str(directory / "config.json"),
+        **config_overrides,
+    )
     files = _weight_files(directory)
     entries = parameter_map(cfg)
     # tensor we need -> tensor stored in the files
@@ -294,12 +313,19 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
             f"{directory} lacks {len(required_missing)} tensor(s) the config needs, e.g. "
             f"{required_missing[:5]}"
         )
-    used = {hf for _, hf, _ in entries} | {"encoder.embed_tokens.weight",
-                                           "decoder.embed_tokens.weight"}
+    used = {hf for _, hf, _ in entries} | {
+        "encoder.embed_tokens.weight",
+        "decoder.embed_tokens.weight",
+    }
     unused = sorted(k for k in files if k not in used)
     if unused:
-        log.warning("ignoring %d tensor(s) of %s not used by %s, e.g. %s", len(unused),
-                    directory, cfg.architecture, unused[:3])
+        log.warning(
+            "ignoring %d tensor(s) of %s not used by %s, e.g. %s",
+            len(unused),
+            directory,
+            cfg.architecture,
+            unused[:3],
+        )
 
     if missing:  # random heads: a real init, then overwrite the rest
         log.warning("initialising %s randomly: not in %s", missing, directory)
@@ -362,8 +388,9 @@ def save_pretrained(model: models.Model, path: str | os.PathLike, *, tokenizer=N
     directory.mkdir(parents=True, exist_ok=True)
     hf_config = config_to_hf(model.config)
     tensors = to_hf_tensors(model)
-    _atomic_write(directory / SAFETENSORS,
-                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(
+        directory / SAFETENSORS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+    )
     text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
     _atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(text))
     if tokenizer is not None:

@@ -34,8 +34,9 @@ def param(
     """
     if len(shape) != len(names):
         raise ValueError(f"shape {tuple(shape)} and logical names {tuple(names)} differ in rank")
-    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names),
-                     eager_sharding=False)
+    return nnx.Param(
+        init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False
+    )
 
 
 def normal(stddev: float) -> Initializer:
@@ -62,8 +63,9 @@ class Embed(nnx.Module):
 
     def __init__(self, vocab_size: int, dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         # T5 initialises the shared embedding with unit variance.
-        self.embedding = param(rngs, normal(1.0), (vocab_size, dim), ("vocab", "embed"),
-                               param_dtype)
+        self.embedding = param(
+            rngs, normal(1.0), (vocab_size, dim), ("vocab", "embed"), param_dtype
+        )
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:  # (B, T) int -> (B, T, D)
@@ -76,12 +78,23 @@ class Embed(nnx.Module):
 class Dense(nnx.Module):
     """A bias-free projection (in_dim -> out_dim) with logical axis names; T5 has no biases."""
 
-    def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *, stddev: float,
-                 dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        names: tuple[str, str],
+        *,
+        stddev: float,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+        use_bias: bool = False,
+    ):
         self.kernel = param(rngs, normal(stddev), (in_dim, out_dim), names, param_dtype)
         self.bias = (
             param(rngs, jax.nn.initializers.zeros, (out_dim,), (names[1],), param_dtype)
-            if use_bias else None
+            if use_bias
+            else None
         )
         self.dtype = dtype
 
@@ -103,8 +116,17 @@ _ACTIVATIONS = {
 class MLP(nnx.Module):
     """T5 feed-forward: relu (v1.0) `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)` (v1.1)."""
 
-    def __init__(self, d_model: int, d_ff: int, feed_forward_proj: str, *, dropout_rate: float,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        feed_forward_proj: str,
+        *,
+        dropout_rate: float,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
         gated = feed_forward_proj.startswith("gated-")
         self.act = _ACTIVATIONS[feed_forward_proj.removeprefix("gated-")]
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -1,9 +1,9 @@
 """The `t5x-lite` command line (also `python -m t5x_lite`): parse flags, dispatch, nothing else.
 
-    t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...]
-    t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
-    t5x-lite convert --from CKPT_DIR --to-hf HF_DIR      # native -> HF directory
-    t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
+t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...]
+t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
+t5x-lite convert --from CKPT_DIR --to-hf HF_DIR      # native -> HF directory
+t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5x-lite", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="pre-train or fine-tune (default: tiny T5, span "
-                                         "corruption on the embedded corpus)")
-    train.add_argument("--config", default=None,
-                       help="configs/X.py[:arg] (default: the embedded span-corruption recipe)")
+    train = sub.add_parser(
+        "train",
+        help="pre-train or fine-tune (default: tiny T5, span corruption on the embedded corpus)",
+    )
+    train.add_argument(
+        "--config",
+        default=None,
+        help="configs/X.py[:arg] (default: the embedded span-corruption recipe)",
+    )
     train.add_argument("--workdir", default=None, help="run directory (default ./runs/default)")
 
     convert = sub.add_parser("convert", help="convert between HF and native checkpoints")
@@ -32,17 +37,28 @@ def _parser() -> argparse.ArgumentParser:
     dst = convert.add_mutually_exclusive_group(required=True)
     dst.add_argument("--to", dest="to_native", help="native checkpoint directory to write")
     dst.add_argument("--to-hf", dest="to_hf", help="Hugging Face directory to write")
-    convert.add_argument("--architecture", default=None,
-                         help="load as encoder_decoder or encoder_only (default: from config)")
+    convert.add_argument(
+        "--architecture",
+        default=None,
+        help="load as encoder_decoder or encoder_only (default: from config)",
+    )
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     tok_train = tok_sub.add_parser("train", help="train a T5 SentencePiece tokenizer")
     tok_train.add_argument("--input", required=True, help=".txt (a text per line) or .jsonl")
-    tok_train.add_argument("--field", action="append", default=None,
-                           help="JSONL text field; repeat for several (e.g. dialogue, summary)")
-    tok_train.add_argument("--vocab-size", type=int, required=True,
-                           help="SentencePiece pieces; the 100 sentinels come on top")
+    tok_train.add_argument(
+        "--field",
+        action="append",
+        default=None,
+        help="JSONL text field; repeat for several (e.g. dialogue, summary)",
+    )
+    tok_train.add_argument(
+        "--vocab-size",
+        type=int,
+        required=True,
+        help="SentencePiece pieces; the 100 sentinels come on top",
+    )
     tok_train.add_argument("--out", required=True, help="output directory")
     tok_train.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
     return parser
@@ -62,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         from t5x_lite import run_config, train
 
         config = run_config.from_command_line(args.config, extra)
-        train.train_and_evaluate(config, args.workdir or config.workdir,
-                                 objectives.get(config.objective.name))
+        train.train_and_evaluate(
+            config, args.workdir or config.workdir, objectives.get(config.objective.name)
+        )
     elif args.command == "convert":
         from t5x_lite import conversion
 
@@ -76,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "tokenizer":
         from t5x_lite import tokenizer
 
-        tok = tokenizer.train(args.input, args.out, vocab_size=args.vocab_size,
-                              field=args.field[0] if args.field and len(args.field) == 1
-                              else args.field, model_type=args.model_type)
-        print(f"wrote {args.out}: {tok.vocab_size} ids ({tok.sp_vocab_size} pieces + "
-              f"{tok.num_sentinels} sentinels)")
+        tok = tokenizer.train(
+            args.input,
+            args.out,
+            vocab_size=args.vocab_size,
+            field=args.field[0] if args.field and len(args.field) == 1 else args.field,
+            model_type=args.model_type,
+        )
+        print(
+            f"wrote {args.out}: {tok.vocab_size} ids ({tok.sp_vocab_size} pieces + "
+            f"{tok.num_sentinels} sentinels)"
+        )
     return 0
 
 

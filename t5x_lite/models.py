@@ -68,9 +68,18 @@ class _LMHead(nnx.Module):
     """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not."""
 
     def _init_head(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.lm_head = None if cfg.tie_word_embeddings else Dense(
-            cfg.d_model, cfg.vocab_size, ("embed", "vocab"), stddev=cfg.d_model**-0.5,
-            dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Dense(
+                cfg.d_model,
+                cfg.vocab_size,
+                ("embed", "vocab"),
+                stddev=cfg.d_model**-0.5,
+                dtype=jnp.dtype(cfg.dtype),
+                param_dtype=jnp.dtype(cfg.param_dtype),
+                rngs=rngs,
+            )
         )
 
     def logits(self, hidden: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V) float32
@@ -86,27 +95,42 @@ class EncoderDecoder(_LMHead):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-                            param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.shared = Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
-        self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True,
-                             rngs=rngs)
+        self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True, rngs=rngs)
         self._init_head(cfg, rngs)
 
-    def encode(self, input_ids, attention_mask=None, *, segment_ids=None,
-               inputs_embeds=None) -> jax.Array:
+    def encode(
+        self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None
+    ) -> jax.Array:
         """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup."""
         x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
         positions = jnp.arange(x.shape[1])
         hidden, _ = self.encoder(
-            x, mask=_self_attention_mask(attention_mask, segment_ids),
-            query_positions=positions, key_positions=positions,
+            x,
+            mask=_self_attention_mask(attention_mask, segment_ids),
+            query_positions=positions,
+            key_positions=positions,
         )
         return hidden
 
-    def decode(self, decoder_input_ids, encoded, attention_mask=None,
-               decoder_attention_mask=None, *, segment_ids=None, decoder_segment_ids=None,
-               cache=None):
+    def decode(
+        self,
+        decoder_input_ids,
+        encoded,
+        attention_mask=None,
+        decoder_attention_mask=None,
+        *,
+        segment_ids=None,
+        decoder_segment_ids=None,
+        cache=None,
+    ):
         """(B, T) decoder ids + (B, S, D) encoded -> (B, T, V) logits.
 
         `attention_mask` / `segment_ids` describe the encoder input. With `cache` (from
@@ -123,8 +147,14 @@ class EncoderDecoder(_LMHead):
                 causal_mask(positions, positions),
                 _self_attention_mask(decoder_attention_mask, decoder_segment_ids),
             )
-            hidden, _ = self.decoder(x, mask=mask, query_positions=positions,
-                                     key_positions=positions, encoded=encoded, cross_mask=cross)
+            hidden, _ = self.decoder(
+                x,
+                mask=mask,
+                query_positions=positions,
+                key_positions=positions,
+                encoded=encoded,
+                cross_mask=cross,
+            )
             return self.logits(hidden)
         index = cache["index"]
         query_positions = index + jnp.arange(t)
@@ -134,17 +164,37 @@ class EncoderDecoder(_LMHead):
             None if decoder_attention_mask is None else key_padding_mask(decoder_attention_mask),
         )
         hidden, layers = self.decoder(
-            x, mask=mask, query_positions=query_positions, key_positions=key_positions,
-            encoded=encoded, cross_mask=cross, cache=cache["layers"], cache_index=index,
+            x,
+            mask=mask,
+            query_positions=query_positions,
+            key_positions=key_positions,
+            encoded=encoded,
+            cross_mask=cross,
+            cache=cache["layers"],
+            cache_index=index,
         )
         return self.logits(hidden), {"index": index + t, "layers": layers}
 
-    def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
-                 decoder_attention_mask=None, *, segment_ids=None, decoder_segment_ids=None):
+    def __call__(
+        self,
+        input_ids,
+        decoder_input_ids,
+        attention_mask=None,
+        decoder_attention_mask=None,
+        *,
+        segment_ids=None,
+        decoder_segment_ids=None,
+    ):
         """Teacher-forced forward: (B, S), (B, T) -> (B, T, V) float32 logits."""
         encoded = self.encode(input_ids, attention_mask, segment_ids=segment_ids)
-        return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
-                           segment_ids=segment_ids, decoder_segment_ids=decoder_segment_ids)
+        return self.decode(
+            decoder_input_ids,
+            encoded,
+            attention_mask,
+            decoder_attention_mask,
+            segment_ids=segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+        )
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         return _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
@@ -155,8 +205,13 @@ class DecoderOnly(_LMHead):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-                            param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.shared = Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
         self.decoder = Stack(cfg, cfg.num_layers, causal=True, cross_attention=False, rngs=rngs)
         self._init_head(cfg, rngs)
 
@@ -169,8 +224,9 @@ class DecoderOnly(_LMHead):
             if prefix is not None:  # prefix tokens attend bidirectionally among themselves
                 causal = jnp.logical_or(causal, prefix_mask(prefix))
             mask = combine_masks(causal, _self_attention_mask(attention_mask, segment_ids))
-            hidden, _ = self.decoder(x, mask=mask, query_positions=positions,
-                                     key_positions=positions)
+            hidden, _ = self.decoder(
+                x, mask=mask, query_positions=positions, key_positions=positions
+            )
             return hidden, None
         index = cache["index"]
         query_positions = index + jnp.arange(t)
@@ -179,17 +235,21 @@ class DecoderOnly(_LMHead):
             causal_mask(query_positions, key_positions),
             None if attention_mask is None else key_padding_mask(attention_mask),
         )
-        hidden, layers = self.decoder(x, mask=mask, query_positions=query_positions,
-                                      key_positions=key_positions, cache=cache["layers"],
-                                      cache_index=index)
+        hidden, layers = self.decoder(
+            x,
+            mask=mask,
+            query_positions=query_positions,
+            key_positions=key_positions,
+            cache=cache["layers"],
+            cache_index=index,
+        )
         return hidden, {"index": index + t, "layers": layers}
 
     def encode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
         """(B, T) ids -> (B, T, D) final hidden states (features for value / reward heads)."""
         return self._run(input_ids, attention_mask, segment_ids, prefix, None)[0]
 
-    def decode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None,
-               cache=None):
+    def decode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None, cache=None):
         """(B, T) ids -> (B, T, V) logits; with `cache`, `(logits, new_cache)` as in
         `EncoderDecoder.decode` (`attention_mask` is then (B, max_length) over cache slots).
         `prefix` (B, T) marks prefix-LM inputs that see each other bidirectionally."""
@@ -214,23 +274,35 @@ class EncoderOnly(_LMHead):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype,
-                            rngs=rngs)
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype, rngs=rngs)
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
         self._init_head(cfg, rngs)
-        self.classifier = Dense(
-            cfg.d_model, cfg.num_labels, ("embed", "classes"), stddev=cfg.d_model**-0.5,
-            dtype=dtype, param_dtype=pdtype, rngs=rngs, use_bias=True,
-        ) if cfg.num_labels > 0 else None
+        self.classifier = (
+            Dense(
+                cfg.d_model,
+                cfg.num_labels,
+                ("embed", "classes"),
+                stddev=cfg.d_model**-0.5,
+                dtype=dtype,
+                param_dtype=pdtype,
+                rngs=rngs,
+                use_bias=True,
+            )
+            if cfg.num_labels > 0
+            else None
+        )
 
-    def encode(self, input_ids, attention_mask=None, *, segment_ids=None,
-               inputs_embeds=None) -> jax.Array:
+    def encode(
+        self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None
+    ) -> jax.Array:
         """(B, S) ids -> (B, S, D) hidden states."""
         x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
         positions = jnp.arange(x.shape[1])
         hidden, _ = self.encoder(
-            x, mask=_self_attention_mask(attention_mask, segment_ids),
-            query_positions=positions, key_positions=positions,
+            x,
+            mask=_self_attention_mask(attention_mask, segment_ids),
+            query_positions=positions,
+            key_positions=positions,
         )
         return hidden
 
@@ -247,8 +319,11 @@ class EncoderOnly(_LMHead):
         if self.classifier is None:
             raise ValueError("this EncoderOnly has no classification head: set num_labels > 0")
         hidden = self.encode(input_ids, attention_mask).astype(jnp.float32)
-        valid = (jnp.ones(input_ids.shape, jnp.float32) if attention_mask is None
-                 else attention_mask.astype(jnp.float32))
+        valid = (
+            jnp.ones(input_ids.shape, jnp.float32)
+            if attention_mask is None
+            else attention_mask.astype(jnp.float32)
+        )
         pooled = (hidden * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1), 1.0)[:, None]
         return self.classifier(pooled.astype(self.config.dtype)).astype(jnp.float32)
 

@@ -19,11 +19,18 @@ SCHEDULES = ("constant", "warmup_linear", "warmup_cosine", "rsqrt")
 OPTIMIZERS = ("adamw", "adafactor")
 
 
-def make_schedule(name: str, *, learning_rate: float, warmup_steps: int, total_steps: int,
-                  end_learning_rate_fraction: float = 0.0) -> optax.Schedule:
+def make_schedule(
+    name: str,
+    *,
+    learning_rate: float,
+    warmup_steps: int,
+    total_steps: int,
+    end_learning_rate_fraction: float = 0.0,
+) -> optax.Schedule:
     if name not in SCHEDULES:
-        raise ValueError(f"optim.schedule={name!r} is not supported; expected one of "
-                         f"{', '.join(SCHEDULES)}")
+        raise ValueError(
+            f"optim.schedule={name!r} is not supported; expected one of {', '.join(SCHEDULES)}"
+        )
     end = learning_rate * end_learning_rate_fraction
     warmup = max(int(warmup_steps), 0)
     if name == "constant":
@@ -35,31 +42,49 @@ def make_schedule(name: str, *, learning_rate: float, warmup_steps: int, total_s
     if name == "warmup_linear":
         decay = optax.linear_schedule(learning_rate, end, decay_steps)
     else:
-        decay = optax.cosine_decay_schedule(learning_rate, decay_steps,
-                                            alpha=end_learning_rate_fraction)
+        decay = optax.cosine_decay_schedule(
+            learning_rate, decay_steps, alpha=end_learning_rate_fraction
+        )
     return optax.join_schedules(
         [optax.linear_schedule(0.0, learning_rate, max(warmup, 1)), decay], [max(warmup, 1)]
     )
 
 
-def make_optimizer(name: str, *, learning_rate: float, schedule: str = "constant",
-                   warmup_steps: int = 0, total_steps: int = 1,
-                   end_learning_rate_fraction: float = 0.0, weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, grad_clip: float = 0.0
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    name: str,
+    *,
+    learning_rate: float,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    total_steps: int = 1,
+    end_learning_rate_fraction: float = 0.0,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    grad_clip: float = 0.0,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(gradient transformation, schedule): clipping, then AdamW or Adafactor."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"optim.name={name!r} is not supported; expected one of "
-                         f"{', '.join(OPTIMIZERS)}")
-    lr = make_schedule(schedule, learning_rate=learning_rate, warmup_steps=warmup_steps,
-                       total_steps=total_steps,
-                       end_learning_rate_fraction=end_learning_rate_fraction)
+        raise ValueError(
+            f"optim.name={name!r} is not supported; expected one of {', '.join(OPTIMIZERS)}"
+        )
+    lr = make_schedule(
+        schedule,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        end_learning_rate_fraction=end_learning_rate_fraction,
+    )
     if name == "adamw":
         tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
         # T5's Adafactor: factored second moments, no momentum, update clipping at 1.0.
-        tx = optax.adafactor(lr, clipping_threshold=1.0, multiply_by_parameter_scale=False,
-                             weight_decay_rate=weight_decay or None)
+        tx = optax.adafactor(
+            lr,
+            clipping_threshold=1.0,
+            multiply_by_parameter_scale=False,
+            weight_decay_rate=weight_decay or None,
+        )
     if grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
     return tx, lr

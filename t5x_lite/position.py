@@ -53,10 +53,24 @@ def relative_position_bucket(
 class RelativePositionBias(nnx.Module):
     """Learned per-head bias from bucketed relative positions: (T,), (S,) -> (1, N, T, S)."""
 
-    def __init__(self, num_buckets: int, num_heads: int, *, bidirectional: bool,
-                 max_distance: int, d_model: int, param_dtype, rngs: nnx.Rngs):
-        self.embedding = param(rngs, normal(d_model**-0.5), (num_buckets, num_heads),
-                               ("relpos_buckets", "heads"), param_dtype)
+    def __init__(
+        self,
+        num_buckets: int,
+        num_heads: int,
+        *,
+        bidirectional: bool,
+        max_distance: int,
+        d_model: int,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.embedding = param(
+            rngs,
+            normal(d_model**-0.5),
+            (num_buckets, num_heads),
+            ("relpos_buckets", "heads"),
+            param_dtype,
+        )
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.bidirectional = bidirectional

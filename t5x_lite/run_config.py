@@ -51,8 +51,10 @@ def load(spec: str | None = None) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     config = _load_module(path).get_config(arg or None)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"get_config in {path} returned {type(config).__name__}, "
-                         "expected an ml_collections.ConfigDict")
+        raise ValueError(
+            f"get_config in {path} returned {type(config).__name__}, "
+            "expected an ml_collections.ConfigDict"
+        )
     return config
 
 
@@ -115,9 +117,10 @@ def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--config."):
-            raise ValueError(f"unrecognized argument {arg!r}; overrides look like "
-                             "--config.train.steps=100")
-        body = arg[len("--config."):]
+            raise ValueError(
+                f"unrecognized argument {arg!r}; overrides look like --config.train.steps=100"
+            )
+        body = arg[len("--config.") :]
         if "=" in body:
             key, text = body.split("=", 1)
         elif i + 1 < len(args):

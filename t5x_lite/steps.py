@@ -24,16 +24,26 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 def _split_micro_batches(batch: dict, n: int) -> dict:
     """(B, ...) -> (n, B / n, ...) for each array of the batch."""
+
     def split(x):
         if x.shape[0] % n:
-            raise ValueError(f"batch dimension {x.shape[0]} is not divisible by "
-                             f"optim.grad_accum_steps={n}")
+            raise ValueError(
+                f"batch dimension {x.shape[0]} is not divisible by optim.grad_accum_steps={n}"
+            )
         return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
     return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, schedule: optax.Schedule,
-                    grad_accum_steps: int = 1, seed: int = 0, **loss_kwargs):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    loss_fn: LossFn,
+    *,
+    schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
+    seed: int = 0,
+    **loss_kwargs,
+):
     """A train step: mean gradient over `grad_accum_steps` micro-batches, one optimizer update.
 
     Gradients accumulate in float32 (the parameter dtype) under `lax.scan`; metrics are means
@@ -49,8 +59,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, schedule: optax.
         def micro_step(carry, micro):
             grad_sum, model_state = carry
             m = nnx.merge(model_def, model_state)  # created at this trace level: rngs advance
-            grad_fn = nnx.value_and_grad(lambda m: loss_fn(m, micro, **loss_kwargs),
-                                         has_aux=True)
+            grad_fn = nnx.value_and_grad(lambda m: loss_fn(m, micro, **loss_kwargs), has_aux=True)
             (_, metrics), grads = grad_fn(m)
             return (jax.tree.map(jnp.add, grad_sum, grads), nnx.state(m)), metrics
 
@@ -59,14 +68,17 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, schedule: optax.
             (grads, model_state), metrics = micro_step((zeros, model_state), batch)
         else:
             (grads, model_state), metrics = jax.lax.scan(
-                micro_step, (zeros, model_state), _split_micro_batches(batch, grad_accum_steps))
+                micro_step, (zeros, model_state), _split_micro_batches(batch, grad_accum_steps)
+            )
             grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-            metrics = {k: v.sum(0) if k == "num_tokens" else v.mean(0)
-                       for k, v in metrics.items()}
+            metrics = {k: v.sum(0) if k == "num_tokens" else v.mean(0) for k, v in metrics.items()}
         nnx.update(model, model_state)
         optimizer.update(model, grads)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                       learning_rate=jnp.asarray(schedule(step), jnp.float32))
+        metrics = dict(
+            metrics,
+            grad_norm=optax.global_norm(grads),
+            learning_rate=jnp.asarray(schedule(step), jnp.float32),
+        )
         return nnx.state((model, optimizer)), metrics
 
     return train_step

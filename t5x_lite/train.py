@@ -59,8 +59,9 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Mo
         else:
             model = checkpoint.load_model(source, **overrides)
     else:
-        model = models.build(config_lib.get_preset(config.model.preset, **overrides),
-                             seed=config.train.seed)
+        model = models.build(
+            config_lib.get_preset(config.model.preset, **overrides), seed=config.train.seed
+        )
     if vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {vocab_size} ids but model.preset={config.model.preset!r} has "
@@ -78,8 +79,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         if self.path.exists():  # drop lines past the restored step: they will be redone
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
 
@@ -106,8 +110,9 @@ def _scalar(v):
     return v.item() if v.dtype.kind in "iub" else float(v)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
-                       objective: ModuleType) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | None, objective: ModuleType
+) -> dict:
     """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
     workdir = Path(workdir or config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,30 +129,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         )
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.train.batch_size % process_count:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                         f"number of processes ({process_count})")
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} is not divisible by the "
+            f"number of processes ({process_count})"
+        )
     per_process_batch = config.train.batch_size // process_count
 
     # ---- data
     options = dict(config.objective.to_dict())
-    loss_kwargs = dict(z_loss=options.pop("z_loss"),
-                       label_smoothing=options.pop("label_smoothing"))
+    loss_kwargs = dict(z_loss=options.pop("z_loss"), label_smoothing=options.pop("label_smoothing"))
     options.pop("name")
     stats = data.ReadStats()
 
     def pipeline(split: str, *, train: bool):
-        spec = data.DataSpec(config.data.source, config.data.path, split,
-                             config.data.input_field, config.data.target_field,
-                             config.data.skip_bad_records)
+        spec = data.DataSpec(
+            config.data.source,
+            config.data.path,
+            split,
+            config.data.input_field,
+            config.data.target_field,
+            config.data.skip_bad_records,
+        )
         records = data.read_records(spec, stats)
         stages, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
         counter = data.TruncationCounter(max_tokens)
         ds = data.make_dataset(
-            records, tokenizer=tok, fields=objective.fields(config.data.input_field,
-                                                             config.data.target_field),
-            stages=stages, batch_size=per_process_batch, seed=config.train.seed,
-            shuffle=train and config.data.shuffle, repeat=True, truncation=counter,
-            process_index=process_index, process_count=process_count,
+            records,
+            tokenizer=tok,
+            fields=objective.fields(config.data.input_field, config.data.target_field),
+            stages=stages,
+            batch_size=per_process_batch,
+            seed=config.train.seed,
+            shuffle=train and config.data.shuffle,
+            repeat=True,
+            truncation=counter,
+            process_index=process_index,
+            process_count=process_count,
         )
         return ds, counter
 
@@ -157,11 +174,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
     # ---- model, optimizer, steps
     tx, schedule = optim.make_optimizer(
-        config.optim.name, learning_rate=config.optim.learning_rate,
-        schedule=config.optim.schedule, warmup_steps=config.optim.warmup_steps,
+        config.optim.name,
+        learning_rate=config.optim.learning_rate,
+        schedule=config.optim.schedule,
+        warmup_steps=config.optim.warmup_steps,
         total_steps=config.train.steps,
         end_learning_rate_fraction=config.optim.end_learning_rate_fraction,
-        weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2,
+        weight_decay=config.optim.weight_decay,
+        b1=config.optim.b1,
+        b2=config.optim.b2,
         grad_clip=config.optim.grad_clip,
     )
     model.train()
@@ -171,16 +192,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     eval_graphdef = nnx.graphdef(model)
     model.train()
     train_step = jax.jit(
-        steps.make_train_step(graphdef, objective.loss_fn, schedule=schedule,
-                              grad_accum_steps=config.optim.grad_accum_steps,
-                              seed=config.train.seed, **loss_kwargs),
+        steps.make_train_step(
+            graphdef,
+            objective.loss_fn,
+            schedule=schedule,
+            grad_accum_steps=config.optim.grad_accum_steps,
+            seed=config.train.seed,
+            **loss_kwargs,
+        ),
         donate_argnums=0,
     )
     eval_step = jax.jit(steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs))
 
     # ---- checkpoints: restore the latest step if any
-    mngr = checkpoint.manager(workdir / "checkpoints", max_to_keep=config.checkpoint.keep,
-                              async_save=config.checkpoint.async_save)
+    mngr = checkpoint.manager(
+        workdir / "checkpoints",
+        max_to_keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
     start = mngr.latest_step() or 0
     if mngr.latest_step() is not None:
         state = _restore(mngr, start, state, train_iter)
@@ -188,14 +217,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
     def save(step: int, state) -> None:
         model_state, opt_state = state[0], state[1]
-        mngr.save(step, args=ocp.args.Composite(**{
-            checkpoint.PARAMS: ocp.args.StandardSave(
-                nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))),
-            checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
-            OPT_STATE: ocp.args.StandardSave(nnx.to_pure_dict(opt_state)),
-            DATA_ITER: ocp.args.JsonSave(data.iterator_state_json(train_iter)),
-            RUN_CONFIG: ocp.args.JsonSave(config.to_dict()),
-        }))
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    checkpoint.PARAMS: ocp.args.StandardSave(
+                        nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))
+                    ),
+                    checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
+                    OPT_STATE: ocp.args.StandardSave(nnx.to_pure_dict(opt_state)),
+                    DATA_ITER: ocp.args.JsonSave(data.iterator_state_json(train_iter)),
+                    RUN_CONFIG: ocp.args.JsonSave(config.to_dict()),
+                }
+            ),
+        )
 
     # ---- loop
     writer = MetricsWriter(workdir, start)
@@ -224,12 +259,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             is_eval = eval_ds is not None and step % config.train.eval_every == 0
             if step % config.train.log_every == 0 or is_eval or step == config.train.steps:
                 elapsed = time.perf_counter() - window_start
-                logged = dict(metrics, tokens_per_second=window_tokens * process_count / elapsed,
-                              truncated_examples=truncation.truncated,
-                              skipped_records=stats.skipped_records)
+                logged = dict(
+                    metrics,
+                    tokens_per_second=window_tokens * process_count / elapsed,
+                    truncated_examples=truncation.truncated,
+                    skipped_records=stats.skipped_records,
+                )
                 if is_eval:
-                    logged.update(_evaluate(eval_step, state[0], eval_ds,
-                                            config.train.eval_steps))
+                    logged.update(_evaluate(eval_step, state[0], eval_ds, config.train.eval_steps))
                 writer.write(step, logged)
                 window_tokens, window_start = 0.0, time.perf_counter()
             if step % config.checkpoint.every == 0 or step == config.train.steps:
@@ -258,13 +295,19 @@ def _restore(mngr, step, state, train_iter):
     model_state, opt_state = state[0], state[1]
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        nnx.to_pure_dict(tree))
+        nnx.to_pure_dict(tree),
+    )
     params = nnx.filter_state(model_state, nnx.Param)
-    restored = mngr.restore(step, args=ocp.args.Composite(**{
-        checkpoint.PARAMS: ocp.args.StandardRestore(abstract(params)),
-        OPT_STATE: ocp.args.StandardRestore(abstract(opt_state)),
-        DATA_ITER: ocp.args.JsonRestore(),
-    }))
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                checkpoint.PARAMS: ocp.args.StandardRestore(abstract(params)),
+                OPT_STATE: ocp.args.StandardRestore(abstract(opt_state)),
+                DATA_ITER: ocp.args.JsonRestore(),
+            }
+        ),
+    )
     nnx.replace_by_pure_dict(params, restored[checkpoint.PARAMS])
     nnx.update(model_state, params)
     nnx.replace_by_pure_dict(opt_state, restored[OPT_STATE])

@@ -50,8 +50,9 @@ class Block(nnx.Module):
         cache: dict | None = None,
         cache_index: jax.Array | None = None,
     ) -> tuple[jax.Array, dict | None]:
-        h = self.self_attn(self.self_attn_norm(x), bias=bias, mask=mask, cache=cache,
-                           cache_index=cache_index)
+        h = self.self_attn(
+            self.self_attn_norm(x), bias=bias, mask=mask, cache=cache, cache_index=cache_index
+        )
         if cache is not None:
             h, cache = h
         x = x + self.dropout(h)
@@ -65,19 +66,31 @@ class Block(nnx.Module):
 class Stack(nnx.Module):
     """Embeddings -> dropout -> blocks (sharing one position bias) -> RMSNorm -> dropout."""
 
-    def __init__(self, cfg: ModelConfig, num_layers: int, *, causal: bool,
-                 cross_attention: bool, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_layers: int,
+        *,
+        causal: bool,
+        cross_attention: bool,
+        rngs: nnx.Rngs,
+    ):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.relative_bias = RelativePositionBias(
-            cfg.relative_attention_num_buckets, cfg.num_heads, bidirectional=not causal,
-            max_distance=cfg.relative_attention_max_distance, d_model=cfg.d_model,
-            param_dtype=pdtype, rngs=rngs,
+            cfg.relative_attention_num_buckets,
+            cfg.num_heads,
+            bidirectional=not causal,
+            max_distance=cfg.relative_attention_max_distance,
+            d_model=cfg.d_model,
+            param_dtype=pdtype,
+            rngs=rngs,
         )
         self.layers = nnx.List(
             [Block(cfg, cross_attention=cross_attention, rngs=rngs) for _ in range(num_layers)]
         )
-        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype,
-                                  param_dtype=pdtype, rngs=rngs)
+        self.final_norm = RMSNorm(
+            cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, rngs=rngs
+        )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     def __call__(
@@ -97,8 +110,13 @@ class Stack(nnx.Module):
         new_cache = []
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(
-                x, bias=bias, mask=mask, encoded=encoded, cross_mask=cross_mask,
-                cache=None if cache is None else cache[i], cache_index=cache_index,
+                x,
+                bias=bias,
+                mask=mask,
+                encoded=encoded,
+                cross_mask=cross_mask,
+                cache=None if cache is None else cache[i],
+                cache_index=cache_index,
             )
             new_cache.append(layer_cache)
         x = self.dropout(self.final_norm(x))

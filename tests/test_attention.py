@@ -22,8 +22,9 @@ class MaskTest(chex.TestCase):
         chex.assert_trees_all_equal(np.asarray(causal), np.array(want))
 
         prefix = self.variant(attention.prefix_mask)(jnp.array([[1, 1, 0]]))[0, 0]
-        chex.assert_trees_all_equal(np.asarray(prefix), np.array(
-            [[1, 1, 0], [1, 1, 0], [0, 0, 0]], bool))
+        chex.assert_trees_all_equal(
+            np.asarray(prefix), np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
+        )
 
     def test_combine_masks(self):
         a = jnp.array([[[[True, False]]]])
@@ -38,9 +39,14 @@ def _naive_attention(q, k, v, bias, mask):
     for bi in range(b):
         for ni in range(n):
             for ti in range(t):
-                scores = np.array([q[bi, ti, ni] @ k[bi, si, ni] + bias[0, ni, ti, si]
-                                   if mask[bi, 0, ti, si] else -np.inf
-                                   for si in range(k.shape[1])])
+                scores = np.array(
+                    [
+                        q[bi, ti, ni] @ k[bi, si, ni] + bias[0, ni, ti, si]
+                        if mask[bi, 0, ti, si]
+                        else -np.inf
+                        for si in range(k.shape[1])
+                    ]
+                )
                 w = np.exp(scores - scores.max())
                 w /= w.sum()
                 out[bi, ti, ni] = w @ v[bi, :, ni]
@@ -55,8 +61,7 @@ def test_dot_product_attention_matches_loop():
     mask = np.ones((2, 1, 3, 4), bool)
     mask[1, 0, :, 3] = False
     got = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
-    chex.assert_trees_all_close(np.asarray(got), _naive_attention(q, k, v, bias, mask),
-                                atol=1e-5)
+    chex.assert_trees_all_close(np.asarray(got), _naive_attention(q, k, v, bias, mask), atol=1e-5)
 
 
 def test_shared_bias_gradient_sums_over_batch():
@@ -65,6 +70,6 @@ def test_shared_bias_gradient_sums_over_batch():
         scores = jax.random.normal(jax.random.key(batch), (batch, 2, 3, 4))
         bias = jax.random.normal(jax.random.key(9), (1, 2, 3, 4))
         w = jax.random.normal(jax.random.key(7), (batch, 2, 3, 4))
-        ours = jax.grad(lambda s, b: (attention.add_bias(s, b) * w).sum(), (0, 1))
-        plain = jax.grad(lambda s, b: ((s + b) * w).sum(), (0, 1))
+        ours = jax.grad(lambda s, b, w=w: (attention.add_bias(s, b) * w).sum(), (0, 1))
+        plain = jax.grad(lambda s, b, w=w: ((s + b) * w).sum(), (0, 1))
         chex.assert_trees_all_close(ours(scores, bias), plain(scores, bias), atol=1e-5)

@@ -49,8 +49,9 @@ def test_packing_keeps_every_document_whole_and_shifts_within_segments():
             index = tokens[0] // 1000 - 2
             assert tokens == expected[index]  # a whole (trimmed) document with its EOS
             seen.append(index)
-        np.testing.assert_array_equal(row["inputs"], _naive_shift(row["targets"][None],
-                                                                  segs[None], 0)[0])
+        np.testing.assert_array_equal(
+            row["inputs"], _naive_shift(row["targets"][None], segs[None], 0)[0]
+        )
     assert sorted(seen) == list(range(len(docs)))  # each document exactly once: no splits
     assert len(rows) < len(docs) / 1.5  # several documents share a row
 

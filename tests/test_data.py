@@ -29,8 +29,7 @@ def test_split_template_and_directory(tmp_path):
     (tmp_path / "validation.jsonl").write_text(json.dumps({"dialogue": "v"}) + "\n")
     spec = data.DataSpec(source="jsonl", path=str(tmp_path), split="validation")
     assert data.read_records(spec)[0]["dialogue"] == "v"
-    spec = data.DataSpec(source="jsonl", path=str(tmp_path / "{split}.jsonl"),
-                         split="validation")
+    spec = data.DataSpec(source="jsonl", path=str(tmp_path / "{split}.jsonl"), split="validation")
     assert data.read_records(spec)[0]["dialogue"] == "v"
     with pytest.raises(FileNotFoundError, match="train.jsonl"):
         data.read_records(data.DataSpec(source="jsonl", path=str(tmp_path), split="train"))
@@ -53,18 +52,24 @@ class _Tok:
 
 def _pipeline(records, **kw):
     identity = lambda ds: ds.map(lambda ex: {"targets": np.resize(ex["targets"], 4)})
-    return data.make_dataset(records, tokenizer=_Tok(), fields={"targets": "text"},
-                             stages=identity, batch_size=2, seed=0, **kw)
+    return data.make_dataset(
+        records,
+        tokenizer=_Tok(),
+        fields={"targets": "text"},
+        stages=identity,
+        batch_size=2,
+        seed=0,
+        **kw,
+    )
 
 
 def test_processes_read_disjoint_shards():
     records = [{"text": str(i)} for i in range(12)]
     seen = []
     for p in range(3):
-        it = iter(_pipeline(records, shuffle=False, repeat=False, process_index=p,
-                            process_count=3))
+        it = iter(_pipeline(records, shuffle=False, repeat=False, process_index=p, process_count=3))
         seen.append({int(x) for b in it for x in b["targets"][:, 0]})
-    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
     assert set().union(*seen) == {3 + i for i in range(12)}
 
 

@@ -20,13 +20,14 @@ def test_greedy_equals_naive_full_forward_loop():
     for b in range(2):
         dec = [0]
         for i in range(6):
-            logits = model(inputs[b:b + 1], jnp.array([dec]), mask[b:b + 1])[0, -1]
+            logits = model(inputs[b : b + 1], jnp.array([dec]), mask[b : b + 1])[0, -1]
             choice = int(jnp.argmax(logits))
             assert int(tokens[b, i]) == choice
-            chex.assert_trees_all_close(float(logprobs[b, i]),
-                                        float(jax.nn.log_softmax(logits)[choice]), atol=1e-5)
+            chex.assert_trees_all_close(
+                float(logprobs[b, i]), float(jax.nn.log_softmax(logits)[choice]), atol=1e-5
+            )
             if choice == 1:
-                assert (np.asarray(tokens[b, i + 1:]) == 0).all()
+                assert (np.asarray(tokens[b, i + 1 :]) == 0).all()
                 break
             dec.append(choice)
 

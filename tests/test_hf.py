@@ -15,15 +15,32 @@ import transformers
 
 from t5x_lite import hf, losses, models
 
-BASE = dict(vocab_size=101, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-            dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+BASE = dict(
+    vocab_size=101,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_heads=4,
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+)
 CASES = {
     "v1_1_gated_gelu_untied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "v1_0_relu_tied": dict(feed_forward_proj="relu", tie_word_embeddings=True),
-    "decoder_layers_differ": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                  num_layers=3, num_decoder_layers=1),
-    "buckets_and_distance": dict(feed_forward_proj="relu", relative_attention_num_buckets=10,
-                                 relative_attention_max_distance=12),
+    "decoder_layers_differ": dict(
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        num_layers=3,
+        num_decoder_layers=1,
+    ),
+    "buckets_and_distance": dict(
+        feed_forward_proj="relu",
+        relative_attention_num_buckets=10,
+        relative_attention_max_distance=12,
+    ),
     "gated_silu": dict(feed_forward_proj="gated-silu", tie_word_embeddings=False),
 }
 
@@ -54,7 +71,8 @@ def padded_batch(seed=0, vocab=101, b=3, s=13, t=7):
 def hf_logits(model, ids, mask, dec, dec_mask=None):
     with torch.no_grad():
         return model(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
             decoder_input_ids=torch.tensor(dec),
             decoder_attention_mask=None if dec_mask is None else torch.tensor(dec_mask),
         ).logits.numpy()
@@ -71,12 +89,16 @@ def test_logits_and_loss_match_hf(tmp_path, case):
     dec_mask[:, 0] = 1
 
     logits = ours(ids, dec, mask, dec_mask)
-    chex.assert_trees_all_close(np.asarray(logits), hf_logits(ref, ids, mask, dec, dec_mask),
-                                atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(
+        np.asarray(logits), hf_logits(ref, ids, mask, dec, dec_mask), atol=1e-4, rtol=1e-4
+    )
 
     with torch.no_grad():
-        ref_loss = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       labels=torch.tensor(labels)).loss.item()
+        ref_loss = ref(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            labels=torch.tensor(labels),
+        ).loss.item()
     loss, metrics = losses.cross_entropy(ours(ids, dec, mask), jnp.asarray(labels))
     chex.assert_trees_all_close(float(loss), ref_loss, atol=1e-5, rtol=1e-5)
     assert float(metrics["num_tokens"]) == (labels != -100).sum()
@@ -88,10 +110,10 @@ def test_t5_encoder_model_hidden_states(tmp_path):
     assert isinstance(ours, models.EncoderOnly)
     ids, mask, _ = padded_batch(seed=1)
     with torch.no_grad():
-        expected = ref(input_ids=torch.tensor(ids),
-                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-    chex.assert_trees_all_close(np.asarray(ours.encode(ids, mask)), expected, atol=1e-4,
-                                rtol=1e-4)
+        expected = ref(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+        ).last_hidden_state.numpy()
+    chex.assert_trees_all_close(np.asarray(ours.encode(ids, mask)), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_encoder_of_a_seq2seq_checkpoint(tmp_path):
@@ -99,10 +121,10 @@ def test_encoder_of_a_seq2seq_checkpoint(tmp_path):
     ours = hf.from_pretrained(tmp_path, architecture="encoder_only", num_labels=2)
     ids, mask, _ = padded_batch(seed=2)
     with torch.no_grad():
-        expected = ref.encoder(input_ids=torch.tensor(ids),
-                               attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-    chex.assert_trees_all_close(np.asarray(ours.encode(ids, mask)), expected, atol=1e-4,
-                                rtol=1e-4)
+        expected = ref.encoder(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+        ).last_hidden_state.numpy()
+    chex.assert_trees_all_close(np.asarray(ours.encode(ids, mask)), expected, atol=1e-4, rtol=1e-4)
     chex.assert_shape(ours.classify(ids, mask), (3, 2))
 
 
@@ -114,8 +136,9 @@ def test_round_trip_through_save_pretrained(tmp_path, case):
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
     ids, mask, labels = padded_batch(seed=3)
     dec = np.asarray(models.shift_right(jnp.asarray(labels)))
-    chex.assert_trees_all_close(hf_logits(reloaded, ids, mask, dec),
-                                hf_logits(ref, ids, mask, dec), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(
+        hf_logits(reloaded, ids, mask, dec), hf_logits(ref, ids, mask, dec), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_encoder_only_saves_as_t5_encoder_model(tmp_path):
@@ -126,8 +149,7 @@ def test_encoder_only_saves_as_t5_encoder_model(tmp_path):
     with torch.no_grad():
         a = reloaded(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
         b = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
-    chex.assert_trees_all_close(a.last_hidden_state.numpy(), b.last_hidden_state.numpy(),
-                                atol=1e-6)
+    chex.assert_trees_all_close(a.last_hidden_state.numpy(), b.last_hidden_state.numpy(), atol=1e-6)
 
 
 def test_sharded_checkpoint(tmp_path):
@@ -137,8 +159,9 @@ def test_sharded_checkpoint(tmp_path):
     ours = hf.from_pretrained(tmp_path)
     ids, mask, labels = padded_batch(seed=5)
     dec = np.asarray(models.shift_right(jnp.asarray(labels)))
-    chex.assert_trees_all_close(np.asarray(ours(ids, dec, mask)), hf_logits(ref, ids, mask, dec),
-                                atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(
+        np.asarray(ours(ids, dec, mask)), hf_logits(ref, ids, mask, dec), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_bfloat16_compute_is_finite_and_close(tmp_path):

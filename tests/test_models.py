@@ -129,7 +129,7 @@ def test_cached_decoding_equals_full_forward(name):
     logits, cache = step(y[:, :2], cache)
     outs = [logits]
     for t in range(2, T):
-        logits, cache = step(y[:, t:t + 1], cache)
+        logits, cache = step(y[:, t : t + 1], cache)
         outs.append(logits)
     chex.assert_trees_all_close(jnp.concatenate(outs, axis=1), full, atol=1e-5)
     assert int(cache["index"]) == T
@@ -150,9 +150,21 @@ def test_shift_right():
 
 
 def test_presets_and_errors():
-    for name in ("t5-small", "t5-base", "t5-large", "t5-v1_1-small", "t5-v1_1-base",
-                 "t5-v1_1-large", "flan-t5-small", "flan-t5-base", "flan-t5-large",
-                 "decoder-tiny", "decoder-small", "encoder-tiny", "encoder-small"):
+    for name in (
+        "t5-small",
+        "t5-base",
+        "t5-large",
+        "t5-v1_1-small",
+        "t5-v1_1-base",
+        "t5-v1_1-large",
+        "flan-t5-small",
+        "flan-t5-base",
+        "flan-t5-large",
+        "decoder-tiny",
+        "decoder-small",
+        "encoder-tiny",
+        "encoder-small",
+    ):
         assert config.get_preset(name).d_model > 0
     with pytest.raises(ValueError, match="unknown model preset 't5-huge'.*flan-t5-base"):
         config.get_preset("t5-huge")
@@ -168,15 +180,23 @@ def test_flan_t5_base_parameter_count():
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     import transformers
 
-    hf_cfg = transformers.T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-                                   feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                   vocab_size=32128)
+    hf_cfg = transformers.T5Config(
+        d_model=768,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=12,
+        num_heads=12,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        vocab_size=32128,
+    )
     with jax.default_device(jax.devices("cpu")[0]):
         import torch
 
         with torch.device("meta"):
             ref = transformers.T5ForConditionalGeneration(hf_cfg)
     # HF 5 ties the LM head unless the weights differ; Flan-T5's are untied, so count it.
-    expected = ref.num_parameters() + (0 if ref.lm_head.weight is not ref.shared.weight
-                                       else ref.lm_head.weight.numel())
+    expected = ref.num_parameters() + (
+        0 if ref.lm_head.weight is not ref.shared.weight else ref.lm_head.weight.numel()
+    )
     assert count == expected

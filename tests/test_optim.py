@@ -13,8 +13,13 @@ def test_schedules_follow_their_formulas():
     rsqrt = optim.make_schedule("rsqrt", learning_rate=lr, warmup_steps=w, total_steps=n)
     for s in (0, 5, 10, 40, 100):
         np.testing.assert_allclose(float(rsqrt(s)), lr * math.sqrt(w / max(s, w)), rtol=1e-6)
-    cos = optim.make_schedule("warmup_cosine", learning_rate=lr, warmup_steps=w, total_steps=n,
-                              end_learning_rate_fraction=0.1)
+    cos = optim.make_schedule(
+        "warmup_cosine",
+        learning_rate=lr,
+        warmup_steps=w,
+        total_steps=n,
+        end_learning_rate_fraction=0.1,
+    )
     np.testing.assert_allclose(float(cos(5)), lr * 5 / w, rtol=1e-5)
     mid = w + (n - w) // 2
     expected = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (mid - w) / (n - w))))
