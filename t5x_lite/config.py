@@ -95,97 +95,38 @@ class ModelConfig:
 
 _V10 = dict(feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=32128)
 _V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=32128)
+# Tiny shapes for tests and the CPU default recipe; vocab 1024 fits the shipped tokenizer.
+_TINY = dict(
+    vocab_size=1024, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+    relative_attention_num_buckets=8, relative_attention_max_distance=32,
+    feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+)  # fmt: skip
+_SMALL = dict(**_V11, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=8)
+_SIZES_V10 = {  # name: (d_model, d_ff, num_layers, num_heads)
+    "small": (512, 2048, 6, 8), "base": (768, 3072, 12, 12), "large": (1024, 4096, 24, 16),
+}  # fmt: skip
+_SIZES_V11 = {
+    "small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (1024, 2816, 24, 16),
+}  # fmt: skip
+
+
+def _shapes(d_model, d_ff, num_layers, num_heads) -> dict:
+    return dict(d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=num_layers, num_heads=num_heads)
+
 
 PRESETS: dict[str, ModelConfig] = {
-    # Tiny shapes for tests and the CPU default recipe (vocab of the shipped tokenizer fits).
-    "t5-tiny": ModelConfig(
-        vocab_size=1024,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-    ),
-    # T5 v1.0 (relu MLP, tied embeddings).
-    "t5-small": ModelConfig(**_V10, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
-    "t5-base": ModelConfig(**_V10, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
-    "t5-large": ModelConfig(**_V10, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
-    # T5 v1.1 (gated-gelu MLP, untied LM head, no dropout in pre-training).
-    "t5-v1_1-small": ModelConfig(
-        **_V11, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6
-    ),
-    "t5-v1_1-base": ModelConfig(
-        **_V11, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12
-    ),
-    "t5-v1_1-large": ModelConfig(
-        **_V11, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16
-    ),
-    # Flan-T5: v1.1 shapes, instruction-tuned weights.
-    "flan-t5-small": ModelConfig(
-        **_V11, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6
-    ),
-    "flan-t5-base": ModelConfig(
-        **_V11, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12
-    ),
-    "flan-t5-large": ModelConfig(
-        **_V11, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16
-    ),
-    # Decoder-only (causal / prefix LM) built from the same blocks.
-    "decoder-tiny": ModelConfig(
-        architecture="decoder_only",
-        vocab_size=1024,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-    ),
-    "decoder-small": ModelConfig(
-        architecture="decoder_only",
-        vocab_size=32128,
-        d_model=512,
-        d_kv=64,
-        d_ff=1024,
-        num_layers=8,
-        num_heads=8,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-    ),
-    # Encoder-only (masked LM; pooled head for classification / reward models).
-    "encoder-tiny": ModelConfig(
-        architecture="encoder_only",
-        vocab_size=1024,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        num_labels=1,
-    ),
-    "encoder-small": ModelConfig(
-        architecture="encoder_only",
-        vocab_size=32128,
-        d_model=512,
-        d_kv=64,
-        d_ff=1024,
-        num_layers=8,
-        num_heads=8,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        num_labels=1,
-    ),
+    "t5-tiny": ModelConfig(**_TINY),
+    # T5 v1.0: relu MLP, tied embeddings.
+    **{f"t5-{k}": ModelConfig(**_V10, **_shapes(*v)) for k, v in _SIZES_V10.items()},
+    # T5 v1.1: gated-gelu MLP, untied LM head; Flan-T5: the same shapes, instruction-tuned.
+    **{f"t5-v1_1-{k}": ModelConfig(**_V11, **_shapes(*v)) for k, v in _SIZES_V11.items()},
+    **{f"flan-t5-{k}": ModelConfig(**_V11, **_shapes(*v)) for k, v in _SIZES_V11.items()},
+    # Decoder-only (causal / prefix LM) and encoder-only (masked LM, pooled head) from the
+    # same blocks.
+    "decoder-tiny": ModelConfig(architecture="decoder_only", **_TINY),
+    "decoder-small": ModelConfig(architecture="decoder_only", **_SMALL),
+    "encoder-tiny": ModelConfig(architecture="encoder_only", num_labels=1, **_TINY),
+    "encoder-small": ModelConfig(architecture="encoder_only", num_labels=1, **_SMALL),
 }
 
 

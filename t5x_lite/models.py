@@ -57,6 +57,49 @@ def _cross_attention_mask(encoder_valid, segment_ids, decoder_segment_ids):
     return None if encoder_valid is None else key_padding_mask(encoder_valid)
 
 
+def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
+    """(query positions, key positions, mask) for a causal stack over `length` new tokens.
+
+    Without a cache: positions 0..T-1, causal (+ prefix-LM) and padding or segment masks. With a
+    cache: the new tokens sit at cache["index"] onwards, keys are every cache slot, and
+    `key_valid` (B, max_length) masks slots.
+    """
+    if cache is None:
+        positions = jnp.arange(length)
+        causal = causal_mask(positions, positions)
+        if prefix is not None:  # prefix tokens attend bidirectionally among themselves
+            causal = jnp.logical_or(causal, prefix_mask(prefix))
+        return (
+            positions,
+            positions,
+            combine_masks(causal, _self_attention_mask(key_valid, segment_ids)),
+        )
+    query_positions = cache["index"] + jnp.arange(length)
+    key_positions = jnp.arange(cache["layers"][0]["k"].shape[1])
+    mask = combine_masks(
+        causal_mask(query_positions, key_positions),
+        None if key_valid is None else key_padding_mask(key_valid),
+    )
+    return query_positions, key_positions, mask
+
+
+def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
+    """Run a causal `stack` on embeddings x: (hidden, new cache or None)."""
+    q, k, mask = _causal_inputs(x.shape[1], key_valid, segment_ids, prefix, cache)
+    if cache is None:
+        return stack(x, mask=mask, query_positions=q, key_positions=k, **cross)[0], None
+    hidden, layers = stack(
+        x,
+        mask=mask,
+        query_positions=q,
+        key_positions=k,
+        cache=cache["layers"],
+        cache_index=cache["index"],
+        **cross,
+    )
+    return hidden, {"index": cache["index"] + x.shape[1], "layers": layers}
+
+
 def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
     """Self-attention KV cache: per layer k, v (B, max_length, N, H) and the filled length."""
     shape = (batch_size, max_length, cfg.num_heads, cfg.d_kv)
@@ -64,8 +107,9 @@ def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: i
     return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
 
 
-class _LMHead(nnx.Module):
-    """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not."""
+class _Assembly(nnx.Module):
+    """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not;
+    and `encode` for the assemblies that own a bidirectional `encoder` stack."""
 
     def _init_head(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.lm_head = (
@@ -89,8 +133,20 @@ class _LMHead(nnx.Module):
             out = self.lm_head(hidden)
         return out.astype(jnp.float32)
 
+    def encode(self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None):
+        """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup."""
+        x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
+        positions = jnp.arange(x.shape[1])
+        hidden, _ = self.encoder(
+            x,
+            mask=_self_attention_mask(attention_mask, segment_ids),
+            query_positions=positions,
+            key_positions=positions,
+        )
+        return hidden
 
-class EncoderDecoder(_LMHead):
+
+class EncoderDecoder(_Assembly):
     """T5 v1.0 / v1.1 / Flan-T5: bidirectional encoder, causal decoder with cross-attention."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -105,20 +161,6 @@ class EncoderDecoder(_LMHead):
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True, rngs=rngs)
         self._init_head(cfg, rngs)
-
-    def encode(
-        self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None
-    ) -> jax.Array:
-        """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup."""
-        x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
-        positions = jnp.arange(x.shape[1])
-        hidden, _ = self.encoder(
-            x,
-            mask=_self_attention_mask(attention_mask, segment_ids),
-            query_positions=positions,
-            key_positions=positions,
-        )
-        return hidden
 
     def decode(
         self,
@@ -138,42 +180,19 @@ class EncoderDecoder(_LMHead):
         cache, and `(logits, new_cache)` is returned; `decoder_attention_mask` is then a
         (B, max_length) mask over cache slots.
         """
-        x = self.shared(decoder_input_ids)
-        t = x.shape[1]
         cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
-        if cache is None:
-            positions = jnp.arange(t)
-            mask = combine_masks(
-                causal_mask(positions, positions),
-                _self_attention_mask(decoder_attention_mask, decoder_segment_ids),
-            )
-            hidden, _ = self.decoder(
-                x,
-                mask=mask,
-                query_positions=positions,
-                key_positions=positions,
-                encoded=encoded,
-                cross_mask=cross,
-            )
-            return self.logits(hidden)
-        index = cache["index"]
-        query_positions = index + jnp.arange(t)
-        key_positions = jnp.arange(cache["layers"][0]["k"].shape[1])
-        mask = combine_masks(
-            causal_mask(query_positions, key_positions),
-            None if decoder_attention_mask is None else key_padding_mask(decoder_attention_mask),
-        )
-        hidden, layers = self.decoder(
-            x,
-            mask=mask,
-            query_positions=query_positions,
-            key_positions=key_positions,
+        hidden, new_cache = _run_causal(
+            self.decoder,
+            self.shared(decoder_input_ids),
+            decoder_attention_mask,
+            decoder_segment_ids,
+            None,
+            cache,
             encoded=encoded,
             cross_mask=cross,
-            cache=cache["layers"],
-            cache_index=index,
         )
-        return self.logits(hidden), {"index": index + t, "layers": layers}
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
 
     def __call__(
         self,
@@ -200,7 +219,7 @@ class EncoderDecoder(_LMHead):
         return _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
 
 
-class DecoderOnly(_LMHead):
+class DecoderOnly(_Assembly):
     """Causal LM (and prefix-LM) from the same blocks: a causal stack without cross-attention."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -216,34 +235,9 @@ class DecoderOnly(_LMHead):
         self._init_head(cfg, rngs)
 
     def _run(self, input_ids, attention_mask, segment_ids, prefix, cache):
-        x = self.shared(input_ids)
-        t = x.shape[1]
-        if cache is None:
-            positions = jnp.arange(t)
-            causal = causal_mask(positions, positions)
-            if prefix is not None:  # prefix tokens attend bidirectionally among themselves
-                causal = jnp.logical_or(causal, prefix_mask(prefix))
-            mask = combine_masks(causal, _self_attention_mask(attention_mask, segment_ids))
-            hidden, _ = self.decoder(
-                x, mask=mask, query_positions=positions, key_positions=positions
-            )
-            return hidden, None
-        index = cache["index"]
-        query_positions = index + jnp.arange(t)
-        key_positions = jnp.arange(cache["layers"][0]["k"].shape[1])
-        mask = combine_masks(
-            causal_mask(query_positions, key_positions),
-            None if attention_mask is None else key_padding_mask(attention_mask),
+        return _run_causal(
+            self.decoder, self.shared(input_ids), attention_mask, segment_ids, prefix, cache
         )
-        hidden, layers = self.decoder(
-            x,
-            mask=mask,
-            query_positions=query_positions,
-            key_positions=key_positions,
-            cache=cache["layers"],
-            cache_index=index,
-        )
-        return hidden, {"index": index + t, "layers": layers}
 
     def encode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
         """(B, T) ids -> (B, T, D) final hidden states (features for value / reward heads)."""
@@ -264,7 +258,7 @@ class DecoderOnly(_LMHead):
         return _new_cache(self.config, self.config.num_layers, batch_size, max_length)
 
 
-class EncoderOnly(_LMHead):
+class EncoderOnly(_Assembly):
     """Bidirectional encoder with a masked-LM head and a pooled classification/regression head.
 
     Loads HF `T5EncoderModel` weights (`encode` matches its `last_hidden_state`). The pooled
@@ -291,20 +285,6 @@ class EncoderOnly(_LMHead):
             if cfg.num_labels > 0
             else None
         )
-
-    def encode(
-        self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None
-    ) -> jax.Array:
-        """(B, S) ids -> (B, S, D) hidden states."""
-        x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
-        positions = jnp.arange(x.shape[1])
-        hidden, _ = self.encoder(
-            x,
-            mask=_self_attention_mask(attention_mask, segment_ids),
-            query_positions=positions,
-            key_positions=positions,
-        )
-        return hidden
 
     def decode(self, hidden: jax.Array) -> jax.Array:
         """The masked-LM head: (B, S, D) hidden states -> (B, S, V) float32 logits."""
