@@ -90,4 +90,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all remaining devices
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.dcn_data = 1  # data-parallel factor across slices / nodes (slow links)
+    c.mesh.rules = "fsdp"  # dp | fsdp | fsdp_tp: logical axis -> mesh axis table
     return c

@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sharding import mesh as mesh_lib
+from sharding import rules as rules_lib
 from t5x_lite import checkpoint, data, hf, models, optim, run_config, steps
 from t5x_lite import config as config_lib
 from t5x_lite import tokenizer as tokenizer_lib
@@ -121,12 +123,11 @@ def train_and_evaluate(
         (workdir / "config.json").write_text(run_config.to_json(config))
 
     tok = load_tokenizer(config.tokenizer.path)
-    model = build_model(config, tok.vocab_size)
-    if model.config.architecture != objective.ARCHITECTURE:
-        raise ValueError(
-            f"objective.name={config.objective.name!r} trains a {objective.ARCHITECTURE} model, "
-            f"but model.preset={config.model.preset!r} is {model.config.architecture}"
-        )
+    mesh = mesh_lib.make_mesh(
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data
+    )
+    rules = rules_lib.get_rules(config.mesh.rules)
+    rules_lib.check_batch(config.train.batch_size, mesh)
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.train.batch_size % process_count:
         raise ValueError(
@@ -185,12 +186,45 @@ def train_and_evaluate(
         b2=config.optim.b2,
         grad_clip=config.optim.grad_clip,
     )
-    model.train()
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+
+    # ---- model and optimizer, created already sharded over the mesh
+    def create():
+        model = build_model(config, tok.vocab_size)
+        model.train()
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    if config.model.init_from:  # weights come from disk: load, then lay out over the mesh
+        graphdef, state = nnx.split(create())
+        shardings = rules_lib.state_shardings(state, mesh, rules)
+        state = jax.device_put(state, shardings)
+    else:  # random init: each device computes only its own shards
+        graphdef, abstract = nnx.split(nnx.eval_shape(create))
+        shardings = rules_lib.state_shardings(abstract, mesh, rules)
+        state = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
+    model, _ = nnx.merge(graphdef, state)
+    if model.config.architecture != objective.ARCHITECTURE:
+        raise ValueError(
+            f"objective.name={config.objective.name!r} trains a {objective.ARCHITECTURE} model, "
+            f"but model.preset={config.model.preset!r} is {model.config.architecture}"
+        )
+    if mesh.size > 1:
+        fraction = rules_lib.fraction_sharded(state[0], shardings[0])
+        log.info(
+            "%.1f%% of parameter elements are sharded (mesh %s, rules %s)",
+            100 * fraction,
+            dict(mesh.shape),
+            config.mesh.rules,
+        )
+        if config.mesh.fsdp > 1 and fraction < 0.98:  # MaxText's check, as a warning
+            log.warning(
+                "only %.1f%% of parameter elements are sharded under mesh.fsdp=%d",
+                100 * fraction,
+                config.mesh.fsdp,
+            )
     model.eval()
     eval_graphdef = nnx.graphdef(model)
-    model.train()
+    batch_sharding = rules_lib.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(
         steps.make_train_step(
             graphdef,
@@ -200,9 +234,21 @@ def train_and_evaluate(
             seed=config.train.seed,
             **loss_kwargs,
         ),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs))
+    eval_step = jax.jit(
+        steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs),
+        in_shardings=(shardings[0], batch_sharding),
+        out_shardings=replicated,
+    )
+
+    def to_global(batch: dict) -> dict:
+        """This process's rows -> one global array per feature, split over the mesh."""
+        return {
+            k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
+        }
 
     # ---- checkpoints: restore the latest step if any
     mngr = checkpoint.manager(
@@ -243,7 +289,7 @@ def train_and_evaluate(
     try:
         while step < config.train.steps:
             batch = next(train_iter)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, to_global(batch))
             step += 1
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
@@ -266,7 +312,9 @@ def train_and_evaluate(
                     skipped_records=stats.skipped_records,
                 )
                 if is_eval:
-                    logged.update(_evaluate(eval_step, state[0], eval_ds, config.train.eval_steps))
+                    logged.update(
+                        _evaluate(eval_step, to_global, state[0], eval_ds, config.train.eval_steps)
+                    )
                 writer.write(step, logged)
                 window_tokens, window_start = 0.0, time.perf_counter()
             if step % config.checkpoint.every == 0 or step == config.train.steps:
@@ -315,11 +363,11 @@ def _restore(mngr, step, state, train_iter):
     return state
 
 
-def _evaluate(eval_step, model_state, eval_ds, num_batches: int) -> dict:
+def _evaluate(eval_step, to_global, model_state, eval_ds, num_batches: int) -> dict:
     totals: dict[str, float] = {}
     it = iter(eval_ds)
     for _ in range(num_batches):
-        m = eval_step(model_state, next(it))
+        m = eval_step(model_state, to_global(next(it)))
         for k in ("loss", "accuracy"):
             totals[k] = totals.get(k, 0.0) + float(m[k]) / num_batches
     return {f"eval_{k}": v for k, v in totals.items()}

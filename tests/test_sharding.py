@@ -1,0 +1,145 @@
+"""Mesh construction, the logical-axis rules, and training on a sharded mesh (8 fake devices)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from sharding import mesh as mesh_lib
+from sharding import rules as rules_lib
+from t5x_lite import config, models
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _specs(rules_name, mesh_sizes=(2, 2, 2)):
+    mesh = mesh_lib.make_mesh(*mesh_sizes)
+    state = nnx.state(nnx.eval_shape(lambda: models.build(config.get_preset("t5-tiny"))))
+    shardings = rules_lib.state_shardings(state, mesh, rules_lib.get_rules(rules_name))
+    return {"/".join(map(str, p)): s.spec for p, s in nnx.to_flat_state(shardings)}
+
+
+@pytest.mark.parametrize(
+    "rules,expected",
+    [
+        (
+            "dp",
+            {
+                "shared/embedding": P(None, None),
+                "lm_head/kernel": P(None, None),
+                "encoder/layers/0/self_attn/q": P(None, None, None),
+            },
+        ),
+        (
+            "fsdp",
+            {
+                "shared/embedding": P(None, "fsdp"),
+                "lm_head/kernel": P("fsdp", None),
+                "encoder/layers/0/self_attn/q": P("fsdp", None, None),
+                "encoder/layers/0/self_attn/o": P(None, None, "fsdp"),
+                "decoder/layers/1/mlp/wi_0/kernel": P("fsdp", None),
+                "encoder/final_norm/scale": P("fsdp"),
+                "encoder/relative_bias/embedding": P(None, None),
+            },
+        ),
+        (
+            "fsdp_tp",
+            {
+                "shared/embedding": P("tensor", "fsdp"),
+                "lm_head/kernel": P("fsdp", "tensor"),
+                "encoder/layers/0/self_attn/q": P("fsdp", "tensor", None),
+                "encoder/layers/0/self_attn/o": P("tensor", None, "fsdp"),
+                "decoder/layers/1/mlp/wi_0/kernel": P("fsdp", "tensor"),
+                "decoder/layers/1/mlp/wo/kernel": P("tensor", "fsdp"),
+                "decoder/layers/0/cross_attn/k": P("fsdp", "tensor", None),
+                "encoder/relative_bias/embedding": P(None, "tensor"),
+            },
+        ),
+    ],
+)
+def test_partition_specs_per_preset(rules, expected):
+    specs = _specs(rules)
+    for name, spec in expected.items():
+        assert specs[name] == spec, name
+
+
+def test_mesh_sizes():
+    mesh = mesh_lib.make_mesh(-1, 2, 1)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    with pytest.raises(ValueError, match=r"multiply to 12, but there are 8 devices"):
+        mesh_lib.make_mesh(3, 2, 2)
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        mesh_lib.make_mesh(-1, 3, 1)
+
+
+def test_axis_not_dividing_a_parameter_is_named():
+    with pytest.raises(
+        ValueError,
+        match=r"mesh axis 'tensor' \(size 8\) does not divide "
+        r"parameter .*_attn/\w of shape \(64, 4, 16\)",
+    ):
+        _specs("fsdp_tp", (1, 1, 8))
+
+
+def test_batch_not_divisible():
+    with pytest.raises(ValueError, match=r"train.batch_size=6 .* data-parallel size 4"):
+        rules_lib.check_batch(6, mesh_lib.make_mesh(2, 2, 2))
+
+
+def _train(workdir, devices, steps, **overrides):
+    args = {
+        "objective.inputs_length": 32,
+        "train.batch_size": 8,
+        "train.steps": steps,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.progress_bar": False,
+        "checkpoint.every": 5,
+        "checkpoint.async_save": False,
+        "model.dropout_rate": 0.0,
+        **overrides,
+    }
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    cmd = [sys.executable, "-m", "t5x_lite", "train", "--workdir", str(workdir)]
+    cmd += [f"--config.{k}={v}" for k, v in args.items()]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sharded_mesh_matches_one_device(tmp_path):
+    one = _train(tmp_path / "one", 1, 6)
+    cube = _train(
+        tmp_path / "cube",
+        8,
+        6,
+        **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "mesh.rules": "fsdp_tp"},
+    )
+    np.testing.assert_allclose([r["loss"] for r in cube], [r["loss"] for r in one], rtol=1e-4)
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    reference = _train(tmp_path / "ref", 1, 10)
+    _train(tmp_path / "run", 8, 5, **{"mesh.data": 1, "mesh.fsdp": 8})
+    resumed = _train(
+        tmp_path / "run",
+        4,
+        10,
+        **{"mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 2, "mesh.rules": "fsdp_tp"},
+    )
+    assert [r["step"] for r in resumed] == list(range(1, 11))
+    np.testing.assert_allclose(
+        [r["loss"] for r in resumed], [r["loss"] for r in reference], rtol=1e-3
+    )
+    assert jax.device_count() == 8  # the test process itself keeps its 8 fake devices
