@@ -29,6 +29,19 @@ def _parser() -> argparse.ArgumentParser:
         help="configs/X.py[:arg] (default: the embedded span-corruption recipe)",
     )
     train.add_argument("--workdir", default=None, help="run directory (default ./runs/default)")
+    train.add_argument(
+        "--coordinator_address",
+        default=None,
+        help="HOST:PORT of process 0 (multi-host; as jax.distributed.initialize)",
+    )
+    train.add_argument("--num_processes", type=int, default=None)
+    train.add_argument("--process_id", type=int, default=None)
+    train.add_argument(
+        "--initialization_timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for the other processes",
+    )
 
     convert = sub.add_parser("convert", help="convert between HF and native checkpoints")
     src = convert.add_mutually_exclusive_group(required=True)
@@ -75,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         import objectives
+        from sharding import multihost
         from t5x_lite import run_config, train
 
+        multihost.initialize(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            timeout=args.initialization_timeout,
+        )
         config = run_config.from_command_line(args.config, extra)
         train.train_and_evaluate(
             config, args.workdir or config.workdir, objectives.get(config.objective.name)
@@ -111,7 +131,7 @@ def run() -> None:
     """Console-script entry point: a clear one-line error for bad input, not a traceback."""
     try:
         sys.exit(main())
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, ConnectionError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"t5x-lite: error: {message}", file=sys.stderr)
         sys.exit(2)

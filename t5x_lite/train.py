@@ -334,7 +334,8 @@ def train_and_evaluate(
 
     nnx.update(model, state[0])
     model.eval()
-    if stop["signal"] is None and eval_ds is not None and jax.process_index() == 0:
+    # The example runs outside the mesh on host inputs: single-process runs only.
+    if stop["signal"] is None and eval_ds is not None and jax.process_count() == 1:
         print(objective.describe_example(model, tok, next(iter(eval_ds))))
     return {k: _scalar(v) for k, v in metrics.items()}
 

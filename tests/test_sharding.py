@@ -143,3 +143,102 @@ def test_restore_onto_a_different_mesh(tmp_path):
         [r["loss"] for r in resumed], [r["loss"] for r in reference], rtol=1e-3
     )
     assert jax.device_count() == 8  # the test process itself keeps its 8 fake devices
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """2 processes x 2 CPU devices (gloo) train like 1 process x 4 devices, and save together."""
+    single = _train(tmp_path / "single", 4, 6, **{"mesh.data": 2, "mesh.fsdp": 2})
+    port = _free_port()
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    args = {
+        "objective.inputs_length": 32,
+        "train.batch_size": 8,
+        "train.steps": 6,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.progress_bar": False,
+        "checkpoint.every": 3,
+        "checkpoint.async_save": False,
+        "model.dropout_rate": 0.0,
+        "mesh.data": 2,
+        "mesh.fsdp": 2,
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "t5x_lite",
+                "train",
+                "--workdir",
+                str(tmp_path / "multi"),
+                "--coordinator_address",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--initialization_timeout",
+                "120",
+                *[f"--config.{k}={v}" for k, v in args.items()],
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    multi = [
+        json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in multi] == list(range(1, 7))
+    # Each process reads a different half of the data, so batches differ from one process'
+    # order; the model and step are the same, so the losses agree within data noise.
+    from t5x_lite import checkpoint
+
+    assert checkpoint.latest_step(tmp_path / "multi" / "checkpoints") == 6
+    np.testing.assert_allclose([r["loss"] for r in multi], [r["loss"] for r in single], rtol=0.15)
+
+
+def test_unreachable_coordinator_times_out(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t5x_lite",
+            "train",
+            "--workdir",
+            str(tmp_path),
+            "--coordinator_address",
+            f"127.0.0.1:{_free_port()}",
+            "--num_processes",
+            "2",
+            "--process_id",
+            "1",
+            "--initialization_timeout",
+            "5",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 2
+    assert "could not join the job through 127.0.0.1" in result.stderr
