@@ -13,11 +13,14 @@ of the batch. A mesh axis that does not divide a dimension is an error naming th
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 BATCH_AXES = ("data", "fsdp")
+
 
 RULES: dict[str, dict[str, str | tuple[str, ...] | None]] = {
     # Pure data parallelism: every parameter replicated.
@@ -39,14 +42,39 @@ def get_rules(name: str) -> dict:
 
 def logical_to_spec(names, rules: dict) -> PartitionSpec:
     """Logical axis names -> PartitionSpec; a mesh axis is used at most once per array."""
+    rules = {"batch": BATCH_AXES, **rules}
     used, out = set(), []
     for name in names:
         axis = rules.get(name)
-        if axis is not None and axis in used:
-            axis = None
-        used.add(axis)
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        if axis is not None and used.intersection(axes):
+            axis, axes = None, ()
+        used.update(a for a in axes if a is not None)
         out.append(axis)
     return PartitionSpec(*out)
+
+
+# The mesh and rules that `constrain` applies while a step is traced (None: no constraints).
+_ACTIVE: list[tuple[jax.sharding.Mesh, dict]] = []
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh, rules: dict):
+    """Within this context, `constrain` pins activations to the mesh by the same rules."""
+    _ACTIVE.append((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """`with_sharding_constraint` by logical names (e.g. batch, length, embed) if a mesh is
+    active; the identity otherwise, so models run unchanged outside `train`."""
+    if not _ACTIVE or x.ndim != len(names):
+        return x
+    mesh, rules = _ACTIVE[-1]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules)))
 
 
 def _spec_for(path, variable, mesh, rules) -> PartitionSpec:

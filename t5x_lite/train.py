@@ -226,20 +226,24 @@ def train_and_evaluate(
     batch_sharding = rules_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(
-        steps.make_train_step(
-            graphdef,
-            objective.loss_fn,
-            schedule=schedule,
-            grad_accum_steps=config.optim.grad_accum_steps,
-            seed=config.train.seed,
-            **loss_kwargs,
+        _under(
+            mesh,
+            rules,
+            steps.make_train_step(
+                graphdef,
+                objective.loss_fn,
+                schedule=schedule,
+                grad_accum_steps=config.optim.grad_accum_steps,
+                seed=config.train.seed,
+                **loss_kwargs,
+            ),
         ),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs),
+        _under(mesh, rules, steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs)),
         in_shardings=(shardings[0], batch_sharding),
         out_shardings=replicated,
     )
@@ -338,6 +342,16 @@ def train_and_evaluate(
     if stop["signal"] is None and eval_ds is not None and jax.process_count() == 1:
         print(objective.describe_example(model, tok, next(iter(eval_ds))))
     return {k: _scalar(v) for k, v in metrics.items()}
+
+
+def _under(mesh, rules, fn):
+    """`fn` traced with activation sharding constraints for `mesh` and `rules`."""
+
+    def traced(*args):
+        with rules_lib.activation_sharding(mesh, rules):
+            return fn(*args)
+
+    return traced
 
 
 def _restore(mngr, step, state, train_iter):

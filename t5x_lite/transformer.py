@@ -15,10 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sharding import rules
 from t5x_lite.attention import MultiHeadAttention
 from t5x_lite.config import ModelConfig
 from t5x_lite.layers import MLP, RMSNorm
 from t5x_lite.position import RelativePositionBias
+
+ACTIVATION = ("batch", "length", "embed")
 
 
 class Block(nnx.Module):
@@ -108,6 +111,7 @@ class Stack(nnx.Module):
         bias = self.relative_bias(query_positions, key_positions)
         x = self.dropout(x)
         new_cache = []
+        x = rules.constrain(x, ACTIVATION)
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(
                 x,
@@ -119,5 +123,6 @@ class Stack(nnx.Module):
                 cache_index=cache_index,
             )
             new_cache.append(layer_cache)
+            x = rules.constrain(x, ACTIVATION)  # block boundary: (batch, length, embed)
         x = self.dropout(self.final_norm(x))
         return x, (new_cache if cache is not None else None)

@@ -242,3 +242,13 @@ def test_unreachable_coordinator_times_out(tmp_path):
     )
     assert result.returncode == 2
     assert "could not join the job through 127.0.0.1" in result.stderr
+
+
+def test_activation_constraint_follows_the_rules():
+    mesh = mesh_lib.make_mesh(2, 2, 2)
+    x = jax.numpy.ones((8, 4, 64))
+    f = jax.jit(lambda x: rules_lib.constrain(x * 2, ("batch", "length", "embed")))
+    with rules_lib.activation_sharding(mesh, rules_lib.get_rules("fsdp_tp")):
+        out = f(x)
+    assert out.sharding.spec == P(("data", "fsdp"), None, None)  # embed's fsdp is taken
+    assert rules_lib.constrain(x, ("batch", "length", "embed")) is x  # no mesh: identity
