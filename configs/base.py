@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 200
     c.train.eval_steps = 4
     c.train.progress_bar = True
+    c.train.peak_flops_per_device = 0.0  # for MFU; 0 = preset by device kind, or measured
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 200

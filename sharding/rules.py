@@ -14,6 +14,7 @@ of the batch. A mesh axis that does not divide a dimension is an error naming th
 from __future__ import annotations
 
 import contextlib
+import math
 
 import jax
 from flax import nnx
@@ -84,12 +85,23 @@ def _spec_for(path, variable, mesh, rules) -> PartitionSpec:
     if not names or len(names) != len(shape):  # e.g. Adafactor's factored moments, counters
         return PartitionSpec()
     spec = logical_to_spec(names, rules)
+    is_param = "opt_state" not in path
+    axes = []
     for dim, axis in zip(shape, spec, strict=True):
-        if axis is not None and dim % mesh.shape[axis]:
-            raise ValueError(
-                f"mesh axis {axis!r} (size {mesh.shape[axis]}) does not divide parameter "
-                f"{'/'.join(map(str, path))} of shape {tuple(shape)} (logical axes {names})"
-            )
+        size = (
+            1
+            if axis is None
+            else math.prod(mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+        )
+        if dim % size:
+            if is_param:
+                raise ValueError(
+                    f"mesh axis {axis!r} (size {size}) does not divide parameter "
+                    f"{'/'.join(map(str, path))} of shape {tuple(shape)} (logical axes {names})"
+                )
+            axis = None  # optimizer statistics with a reduced dim (Adafactor): replicate it
+        axes.append(axis)
+    spec = PartitionSpec(*axes)
     return spec
 
 

@@ -82,3 +82,28 @@ def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> 
         chain(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 4 * 2.0 * n**3 / best
+
+
+# Dense bf16 peak FLOP/s per device by `device_kind` substring (vendor figures, no sparsity).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6": 918e12,
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
+
+
+def peak_flops_per_device(configured: float = 0.0) -> float:
+    """The configured peak, else the preset for this device kind, else a measured matmul."""
+    if configured > 0:
+        return configured
+    kind = jax.devices()[0].device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak
+    return measure_matmul_peak(n=1024, repeats=3)

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the other processes",
     )
 
+    memory = sub.add_parser(
+        "memory", help="memory and FLOPs of a training config (analytic and XLA), no allocation"
+    )
+    memory.add_argument("--config", default=None, help="configs/X.py[:arg]")
+
     convert = sub.add_parser("convert", help="convert between HF and native checkpoints")
     src = convert.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", dest="from_hf", help="a Hugging Face T5 directory")
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in ("train", "memory"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("t5x_lite").setLevel(logging.INFO)
@@ -101,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         train.train_and_evaluate(
             config, args.workdir or config.workdir, objectives.get(config.objective.name)
         )
+    elif args.command == "memory":
+        import objectives
+        from t5x_lite import memory, run_config
+
+        config = run_config.from_command_line(args.config, extra)
+        print(memory.format_report(memory.analyze(config, objectives.get(config.objective.name))))
     elif args.command == "convert":
         from t5x_lite import conversion
 

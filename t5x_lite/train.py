@@ -15,10 +15,12 @@ here: everything below receives plain values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -30,7 +32,7 @@ from flax import nnx
 
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
-from t5x_lite import checkpoint, data, hf, models, optim, run_config, steps
+from t5x_lite import checkpoint, data, flops, hf, models, optim, run_config, steps
 from t5x_lite import config as config_lib
 from t5x_lite import tokenizer as tokenizer_lib
 
@@ -112,68 +114,45 @@ def _scalar(v):
     return v.item() if v.dtype.kind in "iub" else float(v)
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | None, objective: ModuleType
-) -> dict:
-    """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
-    workdir = Path(workdir or config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config.workdir = str(workdir)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(run_config.to_json(config))
+@dataclasses.dataclass
+class Program:
+    """Everything compiled for a run: mesh, shardings, the jitted steps, state structure."""
 
-    tok = load_tokenizer(config.tokenizer.path)
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef  # (model, optimizer), train mode
+    abstract_state: nnx.State  # shapes and dtypes of nnx.state((model, optimizer))
+    shardings: nnx.State
+    batch_sharding: jax.sharding.NamedSharding
+    train_step: Callable
+    eval_step: Callable
+    model_config: config_lib.ModelConfig
+    create: Callable  # () -> (model, optimizer): builds or loads, run under jit or eval_shape
+
+    def to_global(self, batch: dict) -> dict:
+        """This process's rows -> one global array per feature, split over the mesh."""
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in batch.items()
+        }
+
+
+def loss_options(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+    """(objective stage options, loss keyword arguments) from `config.objective`."""
+    options = dict(config.objective.to_dict())
+    loss_kwargs = dict(z_loss=options.pop("z_loss"), label_smoothing=options.pop("label_smoothing"))
+    options.pop("name")
+    return options, loss_kwargs
+
+
+def make_program(
+    config: ml_collections.ConfigDict, objective: ModuleType, vocab_size: int
+) -> Program:
+    """Mesh, optimizer, abstract state and its shardings, and the jitted train / eval steps."""
     mesh = mesh_lib.make_mesh(
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data
     )
     rules = rules_lib.get_rules(config.mesh.rules)
     rules_lib.check_batch(config.train.batch_size, mesh)
-    process_index, process_count = jax.process_index(), jax.process_count()
-    if config.train.batch_size % process_count:
-        raise ValueError(
-            f"train.batch_size={config.train.batch_size} is not divisible by the "
-            f"number of processes ({process_count})"
-        )
-    per_process_batch = config.train.batch_size // process_count
-
-    # ---- data
-    options = dict(config.objective.to_dict())
-    loss_kwargs = dict(z_loss=options.pop("z_loss"), label_smoothing=options.pop("label_smoothing"))
-    options.pop("name")
-    stats = data.ReadStats()
-
-    def pipeline(split: str, *, train: bool):
-        spec = data.DataSpec(
-            config.data.source,
-            config.data.path,
-            split,
-            config.data.input_field,
-            config.data.target_field,
-            config.data.skip_bad_records,
-        )
-        records = data.read_records(spec, stats)
-        stages, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
-        counter = data.TruncationCounter(max_tokens)
-        ds = data.make_dataset(
-            records,
-            tokenizer=tok,
-            fields=objective.fields(config.data.input_field, config.data.target_field),
-            stages=stages,
-            batch_size=per_process_batch,
-            seed=config.train.seed,
-            shuffle=train and config.data.shuffle,
-            repeat=True,
-            truncation=counter,
-            process_index=process_index,
-            process_count=process_count,
-        )
-        return ds, counter
-
-    train_ds, truncation = pipeline(config.data.split, train=True)
-    train_iter = iter(train_ds)
-    eval_ds = pipeline(config.data.eval_split, train=False)[0] if config.data.eval_split else None
-
-    # ---- model, optimizer, steps
     tx, schedule = optim.make_optimizer(
         config.optim.name,
         learning_rate=config.optim.learning_rate,
@@ -187,44 +166,25 @@ def train_and_evaluate(
         grad_clip=config.optim.grad_clip,
     )
 
-    # ---- model and optimizer, created already sharded over the mesh
     def create():
-        model = build_model(config, tok.vocab_size)
+        model = build_model(config, vocab_size)
         model.train()
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    if config.model.init_from:  # weights come from disk: load, then lay out over the mesh
-        graphdef, state = nnx.split(create())
-        shardings = rules_lib.state_shardings(state, mesh, rules)
-        state = jax.device_put(state, shardings)
-    else:  # random init: each device computes only its own shards
-        graphdef, abstract = nnx.split(nnx.eval_shape(create))
-        shardings = rules_lib.state_shardings(abstract, mesh, rules)
-        state = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
-    model, _ = nnx.merge(graphdef, state)
-    if model.config.architecture != objective.ARCHITECTURE:
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+    model_config = nnx.merge(graphdef, abstract)[0].config
+    if model_config.architecture != objective.ARCHITECTURE:
         raise ValueError(
             f"objective.name={config.objective.name!r} trains a {objective.ARCHITECTURE} model, "
-            f"but model.preset={config.model.preset!r} is {model.config.architecture}"
+            f"but model.preset={config.model.preset!r} is {model_config.architecture}"
         )
-    if mesh.size > 1:
-        fraction = rules_lib.fraction_sharded(state[0], shardings[0])
-        log.info(
-            "%.1f%% of parameter elements are sharded (mesh %s, rules %s)",
-            100 * fraction,
-            dict(mesh.shape),
-            config.mesh.rules,
-        )
-        if config.mesh.fsdp > 1 and fraction < 0.98:  # MaxText's check, as a warning
-            log.warning(
-                "only %.1f%% of parameter elements are sharded under mesh.fsdp=%d",
-                100 * fraction,
-                config.mesh.fsdp,
-            )
-    model.eval()
-    eval_graphdef = nnx.graphdef(model)
+    shardings = rules_lib.state_shardings(abstract, mesh, rules)
+    abstract_model = nnx.merge(graphdef, abstract)[0]
+    abstract_model.eval()
+    eval_graphdef = nnx.graphdef(abstract_model)
     batch_sharding = rules_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    _, loss_kwargs = loss_options(config)
     train_step = jax.jit(
         _under(
             mesh,
@@ -247,12 +207,103 @@ def train_and_evaluate(
         in_shardings=(shardings[0], batch_sharding),
         out_shardings=replicated,
     )
+    return Program(
+        mesh,
+        graphdef,
+        abstract,
+        shardings,
+        batch_sharding,
+        train_step,
+        eval_step,
+        model_config,
+        create,
+    )
 
-    def to_global(batch: dict) -> dict:
-        """This process's rows -> one global array per feature, split over the mesh."""
-        return {
-            k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
-        }
+
+def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
+    """The (model, optimizer) state laid out over the mesh: random init computed shard by
+    shard on the devices, or `model.init_from` loaded and then distributed."""
+    if config.model.init_from:
+        return jax.device_put(nnx.split(program.create())[1], program.shardings)
+    return jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
+
+
+def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: data.ReadStats):
+    """The grain dataset of `split` for this process, and its truncation counter."""
+    if config.train.batch_size % jax.process_count():
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} is not divisible by the "
+            f"number of processes ({jax.process_count()})"
+        )
+    options, _ = loss_options(config)
+    spec = data.DataSpec(
+        config.data.source,
+        config.data.path,
+        split,
+        config.data.input_field,
+        config.data.target_field,
+        config.data.skip_bad_records,
+    )
+    records = data.read_records(spec, stats)
+    stages, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
+    counter = data.TruncationCounter(max_tokens)
+    ds = data.make_dataset(
+        records,
+        tokenizer=tok,
+        fields=objective.fields(config.data.input_field, config.data.target_field),
+        stages=stages,
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=config.train.seed,
+        shuffle=train and config.data.shuffle,
+        repeat=True,
+        truncation=counter,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return ds, counter
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | None, objective: ModuleType
+) -> dict:
+    """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
+    workdir = Path(workdir or config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.workdir = str(workdir)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(run_config.to_json(config))
+
+    tok = load_tokenizer(config.tokenizer.path)
+    program = make_program(config, objective, tok.vocab_size)
+    mesh, shardings = program.mesh, program.shardings
+    stats = data.ReadStats()
+    train_ds, truncation = make_pipeline(
+        config, objective, tok, config.data.split, train=True, stats=stats
+    )
+    train_iter = iter(train_ds)
+    eval_ds = None
+    if config.data.eval_split:
+        eval_ds = make_pipeline(
+            config, objective, tok, config.data.eval_split, train=False, stats=stats
+        )[0]
+    state = init_state(program, config)
+    model, _ = nnx.merge(program.graphdef, state)
+    if mesh.size > 1:
+        fraction = rules_lib.fraction_sharded(state[0], shardings[0])
+        log.info(
+            "%.1f%% of parameter elements are sharded (mesh %s, rules %s)",
+            100 * fraction,
+            dict(mesh.shape),
+            config.mesh.rules,
+        )
+        if config.mesh.fsdp > 1 and fraction < 0.98:  # MaxText's check, as a warning
+            log.warning(
+                "only %.1f%% of parameter elements are sharded under mesh.fsdp=%d",
+                100 * fraction,
+                config.mesh.fsdp,
+            )
+    train_step, eval_step, to_global = program.train_step, program.eval_step, program.to_global
+    process_count = jax.process_count()
 
     # ---- checkpoints: restore the latest step if any
     mngr = checkpoint.manager(
@@ -287,7 +338,9 @@ def train_and_evaluate(
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
     progress = _progress(config, start)
-    window_tokens, window_start = 0.0, time.perf_counter()
+    window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
+    peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * program.mesh.size
+    step_flops = None
     metrics: dict = {}
     step = start
     try:
@@ -303,6 +356,15 @@ def train_and_evaluate(
                     "kept: lower optim.learning_rate or check the data, then rerun to resume"
                 )
             window_tokens += objective.num_tokens(batch)
+            window_steps += 1
+            if step_flops is None:  # model FLOPs of one step, from the (fixed) batch shapes
+                step_flops = config.train.batch_size * flops.train_flops_per_example(
+                    program.model_config,
+                    inputs_length=batch["inputs"].shape[1],
+                    targets_length=batch["targets"].shape[1]
+                    if program.model_config.architecture == "encoder_decoder"
+                    else 0,
+                )
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.3f}")
@@ -312,6 +374,7 @@ def train_and_evaluate(
                 logged = dict(
                     metrics,
                     tokens_per_second=window_tokens * process_count / elapsed,
+                    mfu=step_flops * window_steps / elapsed / peak,
                     truncated_examples=truncation.truncated,
                     skipped_records=stats.skipped_records,
                 )
@@ -320,7 +383,7 @@ def train_and_evaluate(
                         _evaluate(eval_step, to_global, state[0], eval_ds, config.train.eval_steps)
                     )
                 writer.write(step, logged)
-                window_tokens, window_start = 0.0, time.perf_counter()
+                window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
             if step % config.checkpoint.every == 0 or step == config.train.steps:
                 save(step, state)
             if stop["signal"] is not None:

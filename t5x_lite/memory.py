@@ -1,0 +1,178 @@
+"""How much memory and compute a training config needs, before running it.
+
+    t5x-lite memory --config configs/t5_span_corruption.py:size=base --config.mesh.fsdp=-1
+
+Nothing is allocated: the model and optimizer are built as abstract shapes, the exact train
+step that `t5x-lite train` runs is compiled for the configured mesh, and the report puts the
+analytic footprint per device next to XLA's own numbers (`memory_analysis()` of the compiled
+step) and FLOPs per step (`cost_analysis()`), so a user can size flan-t5-xl on a laptop.
+
+Analytic, per device (B_d = batch per data-parallel shard):
+    parameters       sum of parameter shards (float32: 4 bytes per parameter)
+    gradients        the same again (float32, sharded like the parameters)
+    optimizer state  AdamW: 2 x 4 bytes per parameter (mu, nu); Adafactor: factored row and
+                     column second moments (exact shapes from optax, not an approximation)
+    activations      what the backward pass keeps, per layer and example:
+                     encoder  S*(6D + 4NH + 3F) + 3*N*S*S      (F counted twice if gated)
+                     decoder  T*(8D + 6NH + 3F) + 2S*NH + 3*N*T*T + 3*N*T*S
+                     LM head  3*T*V  (logits, softmax, gradient), times B_d and 4 bytes
+The familiar "4 bytes per parameter to hold, ~16 to train with AdamW" is the first three rows.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from t5x_lite import data, flops, train
+from t5x_lite.config import ModelConfig
+
+
+def _per_device_bytes(abstract: nnx.State, shardings: nnx.State) -> tuple[int, int, int]:
+    """(parameter bytes, optimizer-state bytes, parameter count) on one device."""
+    params = opt = count = 0
+    flat_s = dict(nnx.to_flat_state(shardings))
+    for path, var in nnx.to_flat_state(abstract):
+        value = var.get_value()
+        is_param = path[0] == 0 and isinstance(var, nnx.Param)
+        if not hasattr(value, "shape") or not (is_param or path[0] == 1):
+            continue  # rng keys and counters of the model
+        shard = flat_s[path].shard_shape(value.shape)
+        size = math.prod(shard) * np.dtype(value.dtype).itemsize
+        if is_param:
+            params += size
+            count += math.prod(value.shape)
+        elif path[0] == 1:
+            opt += size
+    return params, opt, count
+
+
+def activation_bytes(
+    cfg: ModelConfig, batch: int, inputs_length: int, targets_length: int, bytes_per_value: int = 4
+) -> int:
+    """The module docstring's estimate of what the backward pass keeps, for `batch` examples."""
+    d, nh, n, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.num_heads, cfg.vocab_size
+    f = cfg.d_ff * (2 if cfg.is_gated else 1)
+    s, t = inputs_length, targets_length
+    if cfg.architecture == "decoder_only":
+        s, t = 0, inputs_length
+    per_example = 0
+    if cfg.architecture != "decoder_only":
+        per_example += cfg.num_layers * (s * (6 * d + 4 * nh + 3 * f) + 3 * n * s * s)
+    if cfg.architecture == "encoder_only":
+        t_head = s
+    else:
+        layers = cfg.decoder_layers if cfg.architecture == "encoder_decoder" else cfg.num_layers
+        cross = 2 * s * nh + 3 * n * t * s if cfg.architecture == "encoder_decoder" else 0
+        per_example += layers * (t * (8 * d + 6 * nh + 3 * f) + 3 * n * t * t + cross)
+        t_head = t
+    per_example += 3 * t_head * v
+    return per_example * batch * bytes_per_value
+
+
+def _abstract_with_shardings(abstract: nnx.State, shardings: nnx.State) -> nnx.State:
+    flat_s = dict(nnx.to_flat_state(shardings))
+    out = []
+    for path, var in nnx.to_flat_state(abstract):
+        value = var.get_value()
+        if hasattr(value, "shape"):
+            value = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=flat_s[path])
+        out.append((path, var.replace(value)))
+    return nnx.from_flat_state(out)
+
+
+def analyze(config: ml_collections.ConfigDict, objective: ModuleType) -> dict:
+    """Analytic and XLA numbers for one step of `config` (see the module docstring)."""
+    tok = train.load_tokenizer(config.tokenizer.path)
+    program = train.make_program(config, objective, tok.vocab_size)
+    cfg, mesh = program.model_config, program.mesh
+    ds, _ = train.make_pipeline(
+        config, objective, tok, config.data.split, train=True, stats=data.ReadStats()
+    )
+    local = next(iter(ds))
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (config.train.batch_size, *v.shape[1:]), v.dtype, sharding=program.batch_sharding
+        )
+        for k, v in local.items()
+    }
+    inputs_length = local["inputs"].shape[1]
+    targets_length = local["targets"].shape[1] if cfg.architecture == "encoder_decoder" else 0
+
+    params, opt, count = _per_device_bytes(program.abstract_state, program.shardings)
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    acts = activation_bytes(
+        cfg, config.train.batch_size // data_parallel, inputs_length, targets_length
+    )
+    if cfg.dtype == "bfloat16":
+        acts //= 2
+    compiled = program.train_step.lower(
+        _abstract_with_shardings(program.abstract_state, program.shardings), batch
+    ).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_total = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    )
+    per_example = flops.train_flops_per_example(
+        cfg, inputs_length=inputs_length, targets_length=targets_length
+    )
+    return {
+        "preset": config.model.preset,
+        "mesh": dict(mesh.shape),
+        "devices": mesh.size,
+        "parameters": count,
+        # transformers >= 5 ties T5's LM head to the embedding in a fresh model, so its
+        # num_parameters() for an untied (v1.1 / Flan) config is this:
+        "parameters_tied_head": count
+        - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.d_model),
+        "parameter_bytes": params,
+        "gradient_bytes": params,
+        "optimizer_bytes": opt,
+        "activation_bytes": acts,
+        "analytic_total_bytes": 2 * params + opt + acts,
+        "xla_argument_bytes": mem.argument_size_in_bytes,
+        "xla_output_bytes": mem.output_size_in_bytes,
+        "xla_alias_bytes": mem.alias_size_in_bytes,
+        "xla_temp_bytes": mem.temp_size_in_bytes,
+        "xla_total_bytes": xla_total,
+        "analytic_flops_per_step": per_example * config.train.batch_size,
+        "xla_flops_per_step": float(cost.get("flops", 0.0)) * mesh.size,
+        "inputs_length": inputs_length,
+        "targets_length": targets_length,
+    }
+
+
+def format_report(r: dict) -> str:
+    gib = lambda b: f"{b / 2**30:8.3f} GiB"
+    lines = [
+        f"{r['preset']}: {r['parameters']:,} parameters "
+        f"({r['parameters_tied_head']:,} with the LM head tied to the embedding); mesh {r['mesh']} "
+        f"({r['devices']} devices); inputs {r['inputs_length']}, targets {r['targets_length']}",
+        "",
+        "per device                 analytic",
+        f"  parameters (float32)   {gib(r['parameter_bytes'])}",
+        f"  gradients (float32)    {gib(r['gradient_bytes'])}",
+        f"  optimizer state        {gib(r['optimizer_bytes'])}",
+        f"  activations (est.)     {gib(r['activation_bytes'])}",
+        f"  total                  {gib(r['analytic_total_bytes'])}",
+        "",
+        "per device                 XLA (compiled train step)",
+        f"  arguments              {gib(r['xla_argument_bytes'])}",
+        f"  temporaries            {gib(r['xla_temp_bytes'])}",
+        f"  outputs not aliased    {gib(r['xla_output_bytes'] - r['xla_alias_bytes'])}",
+        f"  total                  {gib(r['xla_total_bytes'])}",
+        "",
+        f"FLOPs per step: analytic {r['analytic_flops_per_step']:.4g}, "
+        f"XLA {r['xla_flops_per_step']:.4g}",
+    ]
+    return "\n".join(lines)
