@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.target_field = "summary"  # seq2seq target
     c.data.skip_bad_records = False  # skip (and count) malformed records instead of failing
     c.data.shuffle = True
+    c.data.num_shards = 0  # disjoint input shards (0: one per process); fixes the global batch
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "span_corruption"  # span_corruption | causal_lm | masked_lm | seq2seq

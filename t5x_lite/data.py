@@ -228,38 +228,66 @@ def make_dataset(
     *,
     tokenizer,
     fields: dict[str, str],
-    stages: Stages,
+    stages: Callable[[int], Stages],
     batch_size: int,
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
     truncation: TruncationCounter | None = None,
+    num_shards: int = 0,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """source slice -> shuffle -> repeat -> tokenize `fields` -> objective `stages` -> batch.
+    """Per shard: records -> shuffle -> repeat -> tokenize `fields` -> objective stages -> batch.
 
     `fields` maps output feature names to record fields, e.g. {"targets": "dialogue"} for
     pre-training or {"inputs": "dialogue", "targets": "summary"} for seq2seq; each becomes a
-    1-D int32 token array without EOS (objectives add it). `batch_size` is per process.
+    1-D int32 token array without EOS (objectives add it). `stages(shard)` gives the objective's
+    grain stages for a shard (seeded per shard).
+
+    The records are split into `num_shards` disjoint shards (0: one per process), each with its
+    own pipeline yielding `batch_size / num_shards` rows. Process p reads only its shards
+    (p * S/P ... (p+1) * S/P - 1) and yields their rows side by side: the rows this process
+    contributes to the global batch of `batch_size`. The global batch is therefore the same for
+    any process count that divides `num_shards`.
     """
     check_fields(records, list(fields.values()))
-    texts = [{k: str(r[f]) for k, f in fields.items()} for r in records]
-    texts = texts[process_index::process_count]
-    if not texts:
+    shards = num_shards or process_count
+    if shards % process_count:
         raise ValueError(
-            f"process {process_index} of {process_count} got no records: the "
-            f"source has only {len(records)}"
+            f"data.num_shards={shards} is not divisible by the {process_count} processes"
         )
-    ds = grain.MapDataset.source(texts)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    if repeat:
-        ds = ds.repeat()
+    if batch_size % shards:
+        raise ValueError(
+            f"train.batch_size={batch_size} is not divisible by data.num_shards={shards}"
+        )
+    texts = [{k: str(r[f]) for k, f in fields.items()} for r in records]
     cut = truncation or TruncationCounter(max_tokens=1 << 30)
-    ds = ds.map(lambda r: {k: cut(tokenizer.encode(t, add_eos=False)) for k, t in r.items()})
-    ds = stages(ds.to_iter_dataset())
-    return ds.batch(batch_size, drop_remainder=True)
+
+    def shard_dataset(shard: int) -> grain.IterDataset:
+        rows = texts[shard::shards]
+        if not rows:
+            raise ValueError(
+                f"data shard {shard} of {shards} got no records: the source has only {len(records)}"
+            )
+        ds = grain.MapDataset.source(rows)
+        if shuffle:
+            ds = ds.shuffle(seed=seed + shard)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.map(lambda r: {k: cut(tokenizer.encode(t, add_eos=False)) for k, t in r.items()})
+        return stages(shard)(ds.to_iter_dataset()).batch(batch_size // shards, drop_remainder=True)
+
+    per_process = shards // process_count
+    mine = [
+        shard_dataset(s)
+        for s in range(process_index * per_process, (process_index + 1) * per_process)
+    ]
+    if len(mine) == 1:
+        return mine[0]
+    return grain.experimental.ZipIterDataset(mine).map(
+        lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    )
 
 
 def make_iterator(*args, **kwargs) -> grain.DatasetIterator:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sharding import rules
 from t5x_lite.attention import (
     causal_mask,
     combine_masks,
@@ -101,9 +102,13 @@ def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
 
 
 def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
-    """Self-attention KV cache: per layer k, v (B, max_length, N, H) and the filled length."""
+    """Self-attention KV cache: per layer k, v (B, max_length, N, H) and the filled length.
+
+    Under an active mesh the cache is laid out by the same rules as everything else."""
     shape = (batch_size, max_length, cfg.num_heads, cfg.d_kv)
-    layer = lambda: {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+    names = ("batch", "length", "heads", "kv")
+    zeros = lambda: rules.constrain(jnp.zeros(shape, cfg.dtype), names)
+    layer = lambda: {"k": zeros(), "v": zeros()}
     return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
 
 

@@ -245,14 +245,17 @@ def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: dat
         config.data.skip_bad_records,
     )
     records = data.read_records(spec, stats)
-    stages, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
+    _, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
     counter = data.TruncationCounter(max_tokens)
     ds = data.make_dataset(
         records,
         tokenizer=tok,
         fields=objective.fields(config.data.input_field, config.data.target_field),
-        stages=stages,
-        batch_size=config.train.batch_size // jax.process_count(),
+        stages=lambda shard: objective.make_stages(
+            tok, seed=config.train.seed + 7919 * shard, **options
+        )[0],
+        batch_size=config.train.batch_size,
+        num_shards=config.data.num_shards,
         seed=config.train.seed,
         shuffle=train and config.data.shuffle,
         repeat=True,

@@ -52,12 +52,12 @@ class _Tok:
 
 def _pipeline(records, **kw):
     identity = lambda ds: ds.map(lambda ex: {"targets": np.resize(ex["targets"], 4)})
+    kw.setdefault("batch_size", 2)
     return data.make_dataset(
         records,
         tokenizer=_Tok(),
         fields={"targets": "text"},
-        stages=identity,
-        batch_size=2,
+        stages=lambda shard: identity,
         seed=0,
         **kw,
     )
@@ -67,7 +67,11 @@ def test_processes_read_disjoint_shards():
     records = [{"text": str(i)} for i in range(12)]
     seen = []
     for p in range(3):
-        it = iter(_pipeline(records, shuffle=False, repeat=False, process_index=p, process_count=3))
+        it = iter(
+            _pipeline(
+                records, shuffle=False, repeat=False, process_index=p, process_count=3, batch_size=3
+            )
+        )
         seen.append({int(x) for b in it for x in b["targets"][:, 0]})
     assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
     assert set().union(*seen) == {3 + i for i in range(12)}
@@ -84,3 +88,16 @@ def test_iterator_state_resumes_exactly():
     fresh.set_state(json.loads(json.dumps(state)))
     for want in expected:
         np.testing.assert_array_equal(next(fresh)["targets"], want)
+
+
+def test_global_batch_does_not_depend_on_process_count():
+    records = [{"text": str(i)} for i in range(40)]
+    single = iter(_pipeline(records, batch_size=8, num_shards=4))
+    halves = [
+        iter(_pipeline(records, batch_size=8, num_shards=4, process_index=p, process_count=2))
+        for p in range(2)
+    ]
+    for _ in range(5):
+        whole = next(single)["targets"]
+        parts = np.concatenate([next(h)["targets"] for h in halves])
+        np.testing.assert_array_equal(parts, whole)
