@@ -112,10 +112,9 @@ def load_model(
     `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`.
     """
     cfg = load_model_config(directory, step=step).replace(**config_overrides)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
-    abstract = nnx.merge(graphdef, state)
-    params = restore_params(directory, abstract, step=step)
+    graphdef, state, rest = models.build_abstract(cfg)
+    params = restore_params(directory, nnx.merge(graphdef, state, rest), step=step)
     nnx.replace_by_pure_dict(state, params)
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state, rest)
     model.eval()
     return model

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -329,10 +328,9 @@ def from_pretrained(
 
     if missing:  # random heads: a real init, then overwrite the rest
         log.warning("initialising %s randomly: not in %s", missing, directory)
-        model = models.build(cfg)
-        graphdef, state = nnx.split(model)
+        graphdef, state, rest = nnx.split(models.build(cfg), nnx.Param, ...)
     else:
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
+        graphdef, state, rest = models.build_abstract(cfg)
     flat = dict(nnx.to_flat_state(state))
     for ours, hf_name, (to_ours, _) in entries:
         if hf_name in missing:
@@ -346,7 +344,7 @@ def from_pretrained(
                 f"{tuple(var.shape)}"
             )
         var.set_value(jnp.asarray(value, dtype=cfg.param_dtype))
-    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
     model.eval()
     return model
 
@@ -401,4 +399,4 @@ def save_pretrained(model: models.Model, path: str | os.PathLike, *, tokenizer=N
 def is_hf_directory(path: str | os.PathLike) -> bool:
     """True for a directory that looks like a HF model (config.json with a model_type)."""
     p = Path(path) / "config.json"
-    return p.exists() and bool(re.search(r'"model_type"', p.read_text(errors="ignore")))
+    return p.exists() and "model_type" in _read_json(p)

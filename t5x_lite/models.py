@@ -333,3 +333,14 @@ def build(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0) -> M
     if rngs is None:
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     return ASSEMBLIES[cfg.architecture](cfg, rngs=rngs)
+
+
+def build_abstract(cfg: ModelConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, parameters as shapes, the rest made real) for filling from a checkpoint.
+
+    The parameters are never initialised; the small remainder (dropout rng keys and counters)
+    is computed for real, so the merged model also trains.
+    """
+    graphdef, params, _ = nnx.split(nnx.eval_shape(lambda: build(cfg, seed=seed)), nnx.Param, ...)
+    rest = jax.jit(lambda: nnx.split(build(cfg, seed=seed), nnx.Param, ...)[2])()
+    return graphdef, params, rest

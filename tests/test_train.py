@@ -291,3 +291,36 @@ def test_long_texts_are_truncated_and_counted(tmp_path):
         },
     )
     assert logged(tmp_path / "w")[-1]["truncated_examples"] > 0
+
+
+def test_fine_tune_from_a_hugging_face_directory(tmp_path):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(
+        vocab_size=1024,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+    )
+    transformers.T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "hf")
+    run_inprocess(
+        tmp_path / "w",
+        **{
+            "model.init_from": str(tmp_path / "hf"),
+            "objective.name": "seq2seq",
+            "objective.targets_length": 16,
+            "train.steps": 10,
+            "checkpoint.every": 1000,
+        },
+    )
+    losses = [r["loss"] for r in logged(tmp_path / "w")]
+    assert losses[-1] < losses[0]
+    model = checkpoint.load_model(tmp_path / "w" / "checkpoints")
+    assert model.config.d_model == 32  # the HF model's shapes, not the preset's
