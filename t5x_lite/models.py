@@ -112,6 +112,17 @@ def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: i
     return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
 
 
+def _embedding(cfg: ModelConfig, rngs: nnx.Rngs) -> Embed:
+    """The token embedding every assembly owns (and ties to its output in T5 v1.0)."""
+    return Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        rngs=rngs,
+    )
+
+
 class _Assembly(nnx.Module):
     """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not;
     and `encode` for the assemblies that own a bidirectional `encoder` stack."""
@@ -156,13 +167,7 @@ class EncoderDecoder(_Assembly):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.shared = Embed(
-            cfg.vocab_size,
-            cfg.d_model,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            rngs=rngs,
-        )
+        self.shared = _embedding(cfg, rngs)
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True, rngs=rngs)
         self._init_head(cfg, rngs)
@@ -229,13 +234,7 @@ class DecoderOnly(_Assembly):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.shared = Embed(
-            cfg.vocab_size,
-            cfg.d_model,
-            dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype),
-            rngs=rngs,
-        )
+        self.shared = _embedding(cfg, rngs)
         self.decoder = Stack(cfg, cfg.num_layers, causal=True, cross_attention=False, rngs=rngs)
         self._init_head(cfg, rngs)
 
@@ -273,7 +272,7 @@ class EncoderOnly(_Assembly):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.shared = _embedding(cfg, rngs)
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
         self._init_head(cfg, rngs)
         self.classifier = (
