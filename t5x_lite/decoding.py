@@ -25,7 +25,17 @@ from t5x_lite import models
 
 @functools.partial(
     jax.jit,
-    static_argnames=("graphdef", "max_new_tokens", "eos_id", "pad_id", "start_id", "temperature"),
+    static_argnames=(
+        "graphdef",
+        "max_new_tokens",
+        "min_new_tokens",
+        "eos_id",
+        "pad_id",
+        "start_id",
+        "temperature",
+        "top_k",
+        "top_p",
+    ),
 )
 def _generate(
     graphdef,
@@ -35,10 +45,13 @@ def _generate(
     rng,
     *,
     max_new_tokens,
+    min_new_tokens,
     eos_id,
     pad_id,
     start_id,
     temperature,
+    top_k,
+    top_p,
 ):
     model = nnx.merge(graphdef, state)
     batch = input_ids.shape[0]
@@ -58,9 +71,14 @@ def _generate(
         logits, cache = model.decode(last[:, None], encoded, attention_mask, cache=cache)
         logits = logits[:, 0]  # (B, V) float32
         log_p = jax.nn.log_softmax(logits, axis=-1)
+        if min_new_tokens:  # EOS may not end a sequence before min_new_tokens
+            logits = jnp.where(
+                (i < min_new_tokens) & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf, logits
+            )
         if temperature > 0:
             rng, key = jax.random.split(rng)
-            choice = jax.random.categorical(key, logits / temperature, axis=-1)
+            filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            choice = jax.random.categorical(key, filtered, axis=-1)
         else:
             choice = jnp.argmax(logits, axis=-1)
         choice = jnp.where(done, pad_id, choice).astype(jnp.int32)
@@ -75,25 +93,72 @@ def _generate(
     return tokens, logprobs
 
 
+def filter_logits(
+    logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
+    """Sampling logits as Hugging Face's warpers make them, in HF's order: temperature,
+    then top-k (keep the k largest), then top-p (keep the smallest set of most likely tokens
+    whose probability reaches p; always at least one). Removed tokens get -inf. (B, V)."""
+    logits = logits / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(logits, axis=-1)  # ascending, as HF's TopPLogitsWarper
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        remove = cumulative <= 1.0 - top_p
+        remove = remove.at[..., -1].set(False)  # keep at least the most likely token
+        remove = jnp.take_along_axis(remove, jnp.argsort(order, axis=-1), axis=-1)
+        logits = jnp.where(remove, -jnp.inf, logits)
+    return logits
+
+
+def _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams):
+    checks = [
+        (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
+        (
+            0 <= min_new_tokens <= max_new_tokens,
+            f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}",
+        ),
+        (temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {temperature}"),
+        (top_k >= 0, f"top_k must be >= 0 (0 = off), got {top_k}"),
+        (0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+        (num_beams >= 1, f"num_beams must be >= 1, got {num_beams}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def generate(
     model: models.Model,
     input_ids,
     *,
     attention_mask=None,
     max_new_tokens: int,
+    min_new_tokens: int = 0,
     temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 1,
     eos_id: int = 1,
     pad_id: int = 0,
     rng=None,
 ):
-    """Greedy (temperature 0) or sampled continuation of each input; see the module doc."""
+    """Greedy (temperature 0) or sampled continuation of each input; see the module doc.
+
+    Sampling applies temperature, then top-k, then top-p, as Hugging Face does; the same `rng`
+    gives the same output. Bad flags raise ValueError naming the flag and its allowed range.
+    """
+    _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams)
+    if num_beams > 1:
+        raise NotImplementedError("beam search (num_beams > 1) is not implemented yet")
     if not isinstance(model, models.EncoderDecoder):
         raise NotImplementedError("generate supports EncoderDecoder models for now")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (B, S) batch, got {input_ids.shape}")
     if attention_mask is None:
         attention_mask = (input_ids != pad_id).astype(jnp.int32)
     if rng is None:
@@ -108,8 +173,11 @@ def generate(
         jnp.asarray(attention_mask),
         rng,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         eos_id=eos_id,
         pad_id=pad_id,
         start_id=model.config.decoder_start_token_id,
         temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
     )
