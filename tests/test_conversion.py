@@ -7,28 +7,16 @@ import chex
 import numpy as np
 import torch
 import transformers
+from hf_reference import save_random_t5
 
 from t5x_lite import checkpoint, main, models
 from t5x_lite.tokenizer import train as train_tokenizer
 
 
 def test_convert_hf_to_native_and_back(tmp_path):
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(
-        vocab_size=120,
-        d_model=32,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_heads=4,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
+    ref = save_random_t5(
+        tmp_path / "hf", vocab_size=120, feed_forward_proj="gated-gelu", tie_word_embeddings=False
     )
-    ref = transformers.T5ForConditionalGeneration(cfg).eval()
-    ref.lm_head.weight = torch.nn.Parameter(torch.randn_like(ref.lm_head.weight))
-    ref.save_pretrained(tmp_path / "hf")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
         "\n".join(

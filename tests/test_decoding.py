@@ -42,27 +42,13 @@ def test_bad_arguments():
 
 def test_greedy_matches_hugging_face_generate(tmp_path):
     import torch
-    import transformers
+    from hf_reference import save_random_t5
 
     from t5x_lite import hf
 
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(
-        vocab_size=64,
-        d_model=32,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_heads=4,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        eos_token_id=1,
-        pad_token_id=0,
+    ref = save_random_t5(
+        tmp_path, vocab_size=64, feed_forward_proj="gated-gelu", tie_word_embeddings=False
     )
-    ref = transformers.T5ForConditionalGeneration(cfg).eval()
-    ref.lm_head.weight = torch.nn.Parameter(torch.randn_like(ref.lm_head.weight))
-    ref.save_pretrained(tmp_path)
     ours = hf.from_pretrained(tmp_path)
     ids = np.random.default_rng(0).integers(2, 64, (3, 9))
     mask = np.ones_like(ids)

@@ -12,21 +12,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from hf_reference import TINY, save_random_t5
 
 from t5x_lite import hf, losses, models
 
-BASE = dict(
-    vocab_size=101,
-    d_model=32,
-    d_kv=8,
-    d_ff=48,
-    num_layers=2,
-    num_heads=4,
-    dropout_rate=0.0,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
-)
+BASE = dict(vocab_size=101)
 CASES = {
     "v1_1_gated_gelu_untied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "v1_0_relu_tied": dict(feed_forward_proj="relu", tie_word_embeddings=True),
@@ -46,14 +36,7 @@ CASES = {
 
 
 def make_hf(tmp_path, seed=0, cls=transformers.T5ForConditionalGeneration, **overrides):
-    """A random HF T5 saved to tmp_path; untied heads get their own weights, as Flan-T5 has."""
-    torch.manual_seed(seed)
-    cfg = transformers.T5Config(**{**BASE, **overrides})
-    model = cls(cfg).eval()
-    if not overrides.get("tie_word_embeddings", True) and hasattr(model, "lm_head"):
-        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
-    model.save_pretrained(tmp_path)
-    return model
+    return save_random_t5(tmp_path, cls=cls, seed=seed, **{**BASE, **overrides})
 
 
 def padded_batch(seed=0, vocab=101, b=3, s=13, t=7):
@@ -153,7 +136,7 @@ def test_encoder_only_saves_as_t5_encoder_model(tmp_path):
 
 
 def test_sharded_checkpoint(tmp_path):
-    ref = transformers.T5ForConditionalGeneration(transformers.T5Config(**BASE)).eval()
+    ref = transformers.T5ForConditionalGeneration(transformers.T5Config(**TINY, **BASE)).eval()
     ref.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / hf.SAFETENSORS_INDEX).exists()
     ours = hf.from_pretrained(tmp_path)

@@ -294,22 +294,11 @@ def test_long_texts_are_truncated_and_counted(tmp_path):
 
 
 def test_fine_tune_from_a_hugging_face_directory(tmp_path):
-    import torch
-    import transformers
+    from hf_reference import save_random_t5
 
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(
-        vocab_size=1024,
-        d_model=32,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_heads=4,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
+    save_random_t5(
+        tmp_path / "hf", vocab_size=1024, feed_forward_proj="gated-gelu", tie_word_embeddings=False
     )
-    transformers.T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "hf")
     run_inprocess(
         tmp_path / "w",
         **{
