@@ -5,16 +5,20 @@
 
 Tokenizer files found beside the source (spiece.model and friends) are copied to the target, so
 either side stays a complete model directory.
+
+    model, tok = conversion.load_for_inference("runs/default")   # workdir, native or HF directory
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-from t5x_lite import checkpoint, hf
+from t5x_lite import checkpoint, hf, models
+from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +53,55 @@ def native_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     _copy_tokenizer(Path(ckpt_dir) / "tokenizer", Path(out_dir))
     log.info("wrote Hugging Face directory %s", out_dir)
     return Path(out_dir)
+
+
+def _default_tokenizer_dir() -> Path:
+    from t5x_lite import corpus
+
+    return corpus.DEFAULT_TOKENIZER_DIR
+
+
+def load_for_inference(
+    path: str | os.PathLike, *, tokenizer_path: str | None = None, dtype: str | None = None
+) -> tuple[models.Model, tokenizer_lib.Tokenizer]:
+    """(model in eval mode, its tokenizer) from any model directory we know:
+
+    - a Hugging Face directory (config.json with a model_type; tokenizer beside it),
+    - a `t5x-lite train` workdir (latest step of `checkpoints/`; the run's `tokenizer.path`),
+    - a native checkpoint from `t5x-lite convert` (tokenizer in its `tokenizer/` subdirectory).
+
+    `tokenizer_path` overrides the tokenizer; where none is found, the shipped one is used.
+    The tokenizer must not have more ids than the model's vocabulary.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model path {str(path)!r} does not exist: expected a Hugging Face directory, a "
+            "`t5x-lite train` workdir or a native checkpoint directory"
+        )
+    overrides = {} if dtype is None else {"dtype": dtype}
+    found: Path | None = None
+    if hf.is_hf_directory(path):
+        model = hf.from_pretrained(path, **overrides)
+        if any((path / n).exists() for n in tokenizer_lib.SPM_FILENAMES):
+            found = path
+    elif (path / "checkpoints").is_dir():
+        model = checkpoint.load_model(path / "checkpoints", **overrides)
+        run = path / "config.json"
+        if run.exists():
+            saved = json.loads(run.read_text()).get("tokenizer", {}).get("path", "")
+            found = Path(saved) if saved else _default_tokenizer_dir()
+    else:
+        model = checkpoint.load_model(path, **overrides)
+        if (path / "tokenizer").is_dir():
+            found = path / "tokenizer"
+    if tokenizer_path:
+        found = Path(tokenizer_path)
+    tok = tokenizer_lib.load(found if found is not None else _default_tokenizer_dir())
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tok.source} has {tok.vocab_size} ids but the model at {path} has "
+            f"vocab_size={model.config.vocab_size}; pass a matching tokenizer"
+        )
+    model.eval()
+    return model, tok
