@@ -158,10 +158,14 @@ class MultiHeadAttention(nnx.Module):
         mask: jax.Array | None = None,
         cache: dict | None = None,  # {"k", "v": (B, S_max, N, H)}, written at `cache_index`
         cache_index: jax.Array | None = None,
+        kv: dict | None = None,  # {"k", "v": (B, S, N, H)} already projected (cross-attention)
     ) -> jax.Array | tuple[jax.Array, dict]:
         x = x.astype(self.dtype)
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
-        k, v = self.project_kv(x if kv_input is None else kv_input)
+        if kv is not None:
+            k, v = kv["k"], kv["v"]
+        else:
+            k, v = self.project_kv(x if kv_input is None else kv_input)
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
             start = (0, cache_index, 0, 0)

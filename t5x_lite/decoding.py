@@ -2,14 +2,20 @@
 
     tokens, logprobs = decoding.generate(model, input_ids, attention_mask=mask,
                                          max_new_tokens=32)            # greedy
-    tokens, logprobs = decoding.generate(..., temperature=0.7, rng=jax.random.key(0))
+    tokens, logprobs = decoding.generate(..., temperature=0.7, top_p=0.9, rng=jax.random.key(0))
+    tokens, logprobs = decoding.generate(..., num_beams=4, length_penalty=1.0)   # beam search
 
 Returns tokens (B, max_new_tokens), padded after each sequence's EOS, and the log-probability
-(float32, from the unscaled logits) of each chosen token, 0 after EOS. The encoder runs once;
-each step feeds one token through `model.decode` with the self-attention cache. Only calls
-`encode`, `decode` and `init_cache`, so it knows nothing about tokenization.
+(float32, from the unscaled logits) of each chosen token, 0 after EOS. Beam search returns the
+best beam; its score, as Hugging Face ranks beams, is `beam_scores(tokens, logprobs, ...)`.
 
-Encoder-decoder models only for now: decoder-only prompting needs left-padded prefill.
+Both generating assemblies work. `EncoderDecoder`: the encoder runs once, and each layer's
+cross-attention keys/values are projected once into the cache. `DecoderOnly`: the prompts are
+left-aligned (real tokens last; relative position bias sees only distances, so the shift is
+invisible) and prefilled in one pass. Each step then feeds one token through `model.decode` with
+the self-attention cache. Prompt lengths are padded up to a bucket (a power of two, at least
+16), so calls with similar lengths reuse one compiled program. Only `encode`, `decode` and
+`init_cache` are called: nothing here knows about tokenization.
 """
 
 from __future__ import annotations
@@ -18,9 +24,64 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from t5x_lite import models
+
+_NEG = -1.0e9  # Hugging Face's "removed" beam score
+
+
+def bucket_length(length: int, minimum: int = 16) -> int:
+    """The padded prompt length compiled for: the next power of two, at least `minimum`."""
+    return max(minimum, 1 << max(0, length - 1).bit_length())
+
+
+def _left_align(input_ids, attention_mask):
+    """Move each row's real tokens to the end (stable), so the last prompt token is the last
+    column; works for right- or left-padded rows."""
+    order = jnp.argsort(attention_mask.astype(jnp.int32), axis=1, stable=True)
+    return (
+        jnp.take_along_axis(input_ids, order, axis=1),
+        jnp.take_along_axis(attention_mask, order, axis=1),
+    )
+
+
+def _prefill(model, input_ids, attention_mask, max_new_tokens, start_id):
+    """Logits of the first new token (B, V), the cache and what each step needs (`context`)."""
+    batch = input_ids.shape[0]
+    if isinstance(model, models.EncoderDecoder):
+        encoded = model.encode(input_ids, attention_mask)
+        # +1 slot: the start token, then every generated token but the last is fed back.
+        cache = model.init_cache(batch, max_new_tokens + 1, encoded=encoded)
+        start = jnp.full((batch, 1), start_id, jnp.int32)
+        logits, cache = model.decode(start, None, attention_mask, cache=cache)
+        return logits[:, -1], cache, {"encoder_mask": attention_mask}
+    input_ids, attention_mask = _left_align(input_ids, attention_mask)
+    slots = jnp.concatenate(
+        [attention_mask, jnp.ones((batch, max_new_tokens), attention_mask.dtype)], axis=1
+    )
+    cache = model.init_cache(batch, slots.shape[1])
+    logits, cache = model.decode(input_ids, slots, cache=cache)
+    return logits[:, -1], cache, {"slots": slots}
+
+
+def _step(model, tokens, cache, context):
+    """Feed one token per row: (B,) -> next logits (B, V), new cache."""
+    if isinstance(model, models.EncoderDecoder):
+        logits, cache = model.decode(tokens[:, None], None, context["encoder_mask"], cache=cache)
+    else:
+        logits, cache = model.decode(tokens[:, None], context["slots"], cache=cache)
+    return logits[:, -1], cache
+
+
+def _block_eos(logits, i, min_new_tokens, eos_id):
+    """EOS may not end a sequence before `min_new_tokens` (HF's MinNewTokensLengthLogitsProcessor)."""
+    if not min_new_tokens:
+        return logits
+    return jnp.where(
+        (i < min_new_tokens) & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf, logits
+    )
 
 
 @functools.partial(
@@ -37,7 +98,7 @@ from t5x_lite import models
         "top_p",
     ),
 )
-def _generate(
+def _sample_loop(
     graphdef,
     state,
     input_ids,
@@ -55,11 +116,9 @@ def _generate(
 ):
     model = nnx.merge(graphdef, state)
     batch = input_ids.shape[0]
-    encoded = model.encode(input_ids, attention_mask)
-    cache = model.init_cache(batch, max_new_tokens)
+    logits, cache, context = _prefill(model, input_ids, attention_mask, max_new_tokens, start_id)
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
-    last = jnp.full((batch,), start_id, jnp.int32)
     done = jnp.zeros((batch,), bool)
 
     def cond(carry):
@@ -67,14 +126,9 @@ def _generate(
         return (i < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        i, cache, last, tokens, logprobs, rng, done = carry
-        logits, cache = model.decode(last[:, None], encoded, attention_mask, cache=cache)
-        logits = logits[:, 0]  # (B, V) float32
+        i, logits, cache, tokens, logprobs, rng, done = carry
         log_p = jax.nn.log_softmax(logits, axis=-1)
-        if min_new_tokens:  # EOS may not end a sequence before min_new_tokens
-            logits = jnp.where(
-                (i < min_new_tokens) & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf, logits
-            )
+        logits = _block_eos(logits, i, min_new_tokens, eos_id)
         if temperature > 0:
             rng, key = jax.random.split(rng)
             filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -86,11 +140,157 @@ def _generate(
         tokens = tokens.at[:, i].set(choice)
         logprobs = logprobs.at[:, i].set(chosen_lp)
         done = done | (choice == eos_id)
-        return i + 1, cache, choice, tokens, logprobs, rng, done
+        logits, cache = _step(model, choice, cache, context)
+        return i + 1, logits, cache, tokens, logprobs, rng, done
 
-    carry = (jnp.zeros((), jnp.int32), cache, last, tokens, logprobs, rng, done)
+    carry = (jnp.zeros((), jnp.int32), logits, cache, tokens, logprobs, rng, done)
     _, _, _, tokens, logprobs, _, _ = jax.lax.while_loop(cond, body, carry)
     return tokens, logprobs
+
+
+def _gather_beams(x, index):
+    """x (B, K, ...) -> (B, J, ...): x[b, index[b, j]]."""
+    index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
+def _repeat_rows(tree, n):
+    """Every array with a batch axis (ndim >= 1) repeated n times per row: (B, ...) -> (B*n, ...)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "max_new_tokens",
+        "min_new_tokens",
+        "eos_id",
+        "pad_id",
+        "start_id",
+        "num_beams",
+        "length_penalty",
+    ),
+)
+def _beam_search(
+    graphdef,
+    state,
+    input_ids,
+    attention_mask,
+    *,
+    max_new_tokens,
+    min_new_tokens,
+    eos_id,
+    pad_id,
+    start_id,
+    num_beams,
+    length_penalty,
+):
+    """Hugging Face's vectorised beam search (`early_stopping=False`, one EOS id), step for step:
+    keep the 2*num_beams best continuations of all beams; those ending in EOS (or reaching
+    max_new_tokens) are scored sum(logprobs) / length**length_penalty and merged into the
+    finished set if among the top num_beams; the best unfinished num_beams run on. A row stops
+    once no running beam can beat its worst finished one at the current length."""
+    model = nnx.merge(graphdef, state)
+    batch, beams, n = input_ids.shape[0], num_beams, max_new_tokens
+    logits, cache, context = _prefill(model, input_ids, attention_mask, n, start_id)
+    # Every beam of a row starts identical; only beam 0 may expand at the first step.
+    logits, cache, context = _repeat_rows((logits, cache, context), beams)
+    vocab = logits.shape[-1]
+    keep = 2 * beams
+    top_beams = jnp.arange(keep) < beams  # only these candidates may become finished
+    flat_offset = (jnp.arange(batch) * beams)[:, None]
+
+    running_tokens = jnp.full((batch, beams, n), pad_id, jnp.int32)
+    running_lp = jnp.zeros((batch, beams, n), jnp.float32)
+    running_scores = jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(_NEG)
+    carry = dict(
+        i=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        running_tokens=running_tokens,
+        running_lp=running_lp,
+        running_scores=running_scores,
+        tokens=running_tokens,
+        lp=running_lp,
+        scores=jnp.full((batch, beams), _NEG, jnp.float32),
+        finished=jnp.zeros((batch, beams), bool),
+        improvable=jnp.ones((batch, 1), bool),
+        all_stopped=jnp.zeros((), bool),
+    )
+
+    def cond(c):
+        return (c["i"] < n) & jnp.any(c["improvable"]) & ~c["all_stopped"]
+
+    def body(c):
+        i = c["i"]
+        log_p = jax.nn.log_softmax(c["logits"], axis=-1)
+        scored = _block_eos(log_p, i, min_new_tokens, eos_id).reshape(batch, beams, vocab)
+        total = (scored + c["running_scores"][..., None]).reshape(batch, beams * vocab)
+        cand_scores, flat = jax.lax.top_k(total, keep)  # (B, 2K), best first
+        source, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        token_lp = jnp.take_along_axis(log_p.reshape(batch, beams * vocab), flat, axis=1)
+        cand_tokens = _gather_beams(c["running_tokens"], source).at[:, :, i].set(token)
+        cand_lp = _gather_beams(c["running_lp"], source).at[:, :, i].set(token_lp)
+        stops = (token == eos_id) | (i + 1 >= n)
+
+        # The best num_beams candidates that did not stop keep running.
+        live = cand_scores + stops * _NEG
+        _, pick = jax.lax.top_k(live, beams)
+        running_scores = _gather_beams(live, pick)
+        running_tokens = _gather_beams(cand_tokens, pick)
+        running_lp = _gather_beams(cand_lp, pick)
+        parent = (_gather_beams(source, pick) + flat_offset).reshape(-1)
+
+        # Candidates that stopped join the finished set if they rank among its best.
+        length = (i + 1).astype(jnp.float32)
+        final = cand_scores / length**length_penalty
+        final = final + (~c["improvable"]) * _NEG + (~(stops & top_beams)) * _NEG
+        merged = jnp.concatenate([c["scores"], final], axis=1)
+        _, best = jax.lax.top_k(merged, beams)
+        scores = _gather_beams(merged, best)
+        tokens = _gather_beams(jnp.concatenate([c["tokens"], cand_tokens], axis=1), best)
+        lp = _gather_beams(jnp.concatenate([c["lp"], cand_lp], axis=1), best)
+        finished = _gather_beams(
+            jnp.concatenate([c["finished"], stops & top_beams], axis=1), best
+        )
+
+        # Can the best running beam, scored at this length, still beat a finished one?
+        best_running = running_scores[:, :1] / length**length_penalty
+        worst_finished = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), _NEG)
+        improvable = c["improvable"] & jnp.any(best_running > worst_finished, -1, keepdims=True)
+
+        # Each running beam continues its parent's self-attention cache (cross K/V are the same
+        # for every beam of a row).
+        cache = {**c["cache"], "layers": jax.tree.map(lambda x: x[parent], c["cache"]["layers"])}
+        logits, cache = _step(model, running_tokens[:, :, i].reshape(-1), cache, context)
+        return dict(
+            i=i + 1,
+            logits=logits,
+            cache=cache,
+            running_tokens=running_tokens,
+            running_lp=running_lp,
+            running_scores=running_scores,
+            tokens=tokens,
+            lp=lp,
+            scores=scores,
+            finished=finished,
+            improvable=improvable,
+            all_stopped=jnp.all(stops),
+        )
+
+    c = jax.lax.while_loop(cond, body, carry)
+    return c["tokens"][:, 0], c["lp"][:, 0]
+
+
+def beam_scores(tokens, logprobs, *, length_penalty: float = 1.0, eos_id: int = 1, pad_id: int = 0):
+    """The score beam search ranks by (HF's `sequences_scores`): the sum of the token log-probs
+    over length**length_penalty, the length counting generated tokens up to and with EOS."""
+    tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
+    n = tokens.shape[1]
+    is_eos = tokens == eos_id
+    length = np.where(is_eos.any(1), is_eos.argmax(1) + 1, n)
+    return logprobs.sum(1) / length.astype(np.float32) ** length_penalty
 
 
 def filter_logits(
@@ -124,11 +324,25 @@ def _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_
         (temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {temperature}"),
         (top_k >= 0, f"top_k must be >= 0 (0 = off), got {top_k}"),
         (0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
-        (num_beams >= 1, f"num_beams must be >= 1, got {num_beams}"),
+        (num_beams >= 1, f"num_beams must be >= 1 (1 = no beam search), got {num_beams}"),
+        (
+            num_beams == 1 or (temperature == 0 and top_k == 0 and top_p == 1),
+            "beam search (num_beams > 1) is deterministic: leave temperature=0, top_k=0 and "
+            f"top_p=1, got temperature={temperature}, top_k={top_k}, top_p={top_p}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def _pad_to_bucket(input_ids, attention_mask, pad_id):
+    length = input_ids.shape[1]
+    extra = bucket_length(length) - length
+    if extra:
+        input_ids = np.pad(input_ids, ((0, 0), (0, extra)), constant_values=pad_id)
+        attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))
+    return input_ids, attention_mask
 
 
 def generate(
@@ -142,42 +356,64 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     num_beams: int = 1,
+    length_penalty: float = 1.0,
     eos_id: int = 1,
     pad_id: int = 0,
     rng=None,
 ):
-    """Greedy (temperature 0) or sampled continuation of each input; see the module doc.
+    """Greedy (temperature 0), sampled, or beam-searched continuation of each input; see the
+    module doc. `attention_mask` defaults to `input_ids != pad_id`.
 
     Sampling applies temperature, then top-k, then top-p, as Hugging Face does; the same `rng`
     gives the same output. Bad flags raise ValueError naming the flag and its allowed range.
     """
     _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams)
-    if num_beams > 1:
-        raise NotImplementedError("beam search (num_beams > 1) is not implemented yet")
-    if not isinstance(model, models.EncoderDecoder):
-        raise NotImplementedError("generate supports EncoderDecoder models for now")
-    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if not isinstance(model, (models.EncoderDecoder, models.DecoderOnly)):
+        raise TypeError(
+            f"generate needs an EncoderDecoder or DecoderOnly model, got {type(model).__name__}"
+        )
+    input_ids = np.asarray(input_ids, np.int32)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (B, S) batch, got {input_ids.shape}")
     if attention_mask is None:
-        attention_mask = (input_ids != pad_id).astype(jnp.int32)
-    if rng is None:
-        rng = jax.random.key(0)
+        attention_mask = input_ids != pad_id
+    attention_mask = np.asarray(attention_mask, np.int32)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {attention_mask.shape} must have input_ids' shape {input_ids.shape}"
+        )
+    if not attention_mask.any(axis=1).all():
+        empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
+        raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
+    input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
     model = nnx.merge(*nnx.split(model))  # a view in eval mode; the caller's keeps its mode
     model.eval()
     graphdef, state = nnx.split(model)
-    return _generate(
-        graphdef,
-        state,
-        input_ids,
-        jnp.asarray(attention_mask),
-        rng,
+    common = dict(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         eos_id=eos_id,
         pad_id=pad_id,
         start_id=model.config.decoder_start_token_id,
+    )
+    if num_beams > 1:
+        return _beam_search(
+            graphdef,
+            state,
+            input_ids,
+            attention_mask,
+            num_beams=num_beams,
+            length_penalty=float(length_penalty),
+            **common,
+        )
+    return _sample_loop(
+        graphdef,
+        state,
+        input_ids,
+        attention_mask,
+        jax.random.key(0) if rng is None else rng,
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
+        **common,
     )

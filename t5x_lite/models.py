@@ -96,9 +96,13 @@ def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
         key_positions=k,
         cache=cache["layers"],
         cache_index=cache["index"],
+        cross_cache=cache.get("cross"),
         **cross,
     )
-    return hidden, {"index": cache["index"] + x.shape[1], "layers": layers}
+    return hidden, {**cache, "index": cache["index"] + x.shape[1], "layers": layers}
+
+
+_CACHE_AXES = ("batch", "length", "heads", "kv")
 
 
 def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
@@ -106,8 +110,7 @@ def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: i
 
     Under an active mesh the cache is laid out by the same rules as everything else."""
     shape = (batch_size, max_length, cfg.num_heads, cfg.d_kv)
-    names = ("batch", "length", "heads", "kv")
-    zeros = lambda: rules.constrain(jnp.zeros(shape, cfg.dtype), names)
+    zeros = lambda: rules.constrain(jnp.zeros(shape, cfg.dtype), _CACHE_AXES)
     layer = lambda: {"k": zeros(), "v": zeros()}
     return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
 
@@ -188,7 +191,8 @@ class EncoderDecoder(_Assembly):
         `attention_mask` / `segment_ids` describe the encoder input. With `cache` (from
         `init_cache`), the T new tokens are written at `cache["index"]`, attention covers the
         cache, and `(logits, new_cache)` is returned; `decoder_attention_mask` is then a
-        (B, max_length) mask over cache slots.
+        (B, max_length) mask over cache slots. A cache made with `encoded` holds the
+        cross-attention keys/values, and `encoded` may then be None.
         """
         cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
         hidden, new_cache = _run_causal(
@@ -225,8 +229,19 @@ class EncoderDecoder(_Assembly):
             decoder_segment_ids=decoder_segment_ids,
         )
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
-        return _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
+    def init_cache(self, batch_size: int, max_length: int, encoded: jax.Array | None = None):
+        """Self-attention cache for `max_length` decoder tokens; given the (B, S, D) `encoded`
+        input, also each layer's cross-attention keys/values, projected once (`cache["cross"]`)."""
+        cache = _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
+        if encoded is not None:
+            cache["cross"] = [
+                {
+                    name: rules.constrain(value, _CACHE_AXES)
+                    for name, value in zip(("k", "v"), layer.cross_attn.project_kv(encoded))
+                }
+                for layer in self.decoder.layers
+            ]
+        return cache
 
 
 class DecoderOnly(_Assembly):

@@ -52,6 +52,7 @@ class Block(nnx.Module):
         cross_mask: jax.Array | None = None,  # (B, 1, T|1, S_enc)
         cache: dict | None = None,
         cache_index: jax.Array | None = None,
+        cross_kv: dict | None = None,  # this layer's cross-attention keys/values, precomputed
     ) -> tuple[jax.Array, dict | None]:
         h = self.self_attn(
             self.self_attn_norm(x), bias=bias, mask=mask, cache=cache, cache_index=cache_index
@@ -60,7 +61,7 @@ class Block(nnx.Module):
             h, cache = h
         x = x + self.dropout(h)
         if self.cross_attn is not None:
-            h = self.cross_attn(self.cross_attn_norm(x), encoded, mask=cross_mask)
+            h = self.cross_attn(self.cross_attn_norm(x), encoded, mask=cross_mask, kv=cross_kv)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, cache
@@ -107,6 +108,7 @@ class Stack(nnx.Module):
         cross_mask: jax.Array | None = None,
         cache: list[dict] | None = None,
         cache_index: jax.Array | None = None,
+        cross_cache: list[dict] | None = None,
     ) -> tuple[jax.Array, list[dict] | None]:
         bias = self.relative_bias(query_positions, key_positions)
         x = self.dropout(x)
@@ -121,6 +123,7 @@ class Stack(nnx.Module):
                 cross_mask=cross_mask,
                 cache=None if cache is None else cache[i],
                 cache_index=cache_index,
+                cross_kv=None if cross_cache is None else cross_cache[i],
             )
             new_cache.append(layer_cache)
             x = rules.constrain(x, ACTIVATION)  # block boundary: (batch, length, embed)

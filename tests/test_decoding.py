@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from t5x_lite import config, decoding, models
 
@@ -125,3 +126,185 @@ def test_empty_prompt_is_an_error():
     model = models.build(config.get_preset("t5-tiny"))
     with pytest.raises(ValueError, match="non-empty"):
         decoding.generate(model, jnp.ones((1, 0), jnp.int32), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("seed,length_penalty", [(4, 1.0), (2, 2.0), (4, -0.5)])
+def test_beam_search_matches_hugging_face(tmp_path, seed, length_penalty):
+    """num_beams=4: the same best beam as HF's beam search, and its score (HF's
+    `sequences_scores`). A small vocabulary makes EOS common, so beams finish early."""
+    import torch
+    from hf_reference import save_random_t5
+
+    from t5x_lite import hf
+
+    ref = save_random_t5(
+        tmp_path,
+        vocab_size=12,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        seed=seed,
+    )
+    ours = hf.from_pretrained(tmp_path)
+    ids = np.random.default_rng(1).integers(2, 12, (4, 7))
+    mask = np.ones_like(ids)
+    mask[2, 4:] = 0
+    ids[mask == 0] = 0
+    with torch.no_grad():
+        out = ref.generate(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            max_new_tokens=8,
+            num_beams=4,
+            length_penalty=length_penalty,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+    expected = out.sequences.numpy()[:, 1:]
+    tokens, logprobs = decoding.generate(
+        ours, ids, attention_mask=mask, max_new_tokens=8, num_beams=4, length_penalty=length_penalty
+    )
+    tokens = np.asarray(tokens)
+    assert (expected == 1).any(), "the reference should finish some beams with EOS"
+    for row, ref_row in zip(tokens, expected, strict=True):
+        # HF fills after EOS with EOS (its pad id 0 is falsy); we fill with pad.
+        n = int(np.argmax(ref_row == 1)) + 1 if (ref_row == 1).any() else len(ref_row)
+        np.testing.assert_array_equal(row[:n], ref_row[:n])
+        assert (row[n:] == 0).all()
+    chex.assert_trees_all_close(
+        decoding.beam_scores(tokens, logprobs, length_penalty=length_penalty),
+        out.sequences_scores.numpy(),
+        atol=1e-4,
+    )
+
+
+def _naive_greedy(model, prompt, steps):
+    """Argmax over the full (uncached) decoder-only forward pass, one token at a time."""
+    seq, out, lps = list(prompt), [], []
+    for _ in range(steps):
+        logits = model(jnp.array([seq]))[0, -1]
+        choice = int(jnp.argmax(logits))
+        out.append(choice)
+        lps.append(float(jax.nn.log_softmax(logits)[choice]))
+        if choice == 1:
+            break
+        seq.append(choice)
+    return out, lps
+
+
+def test_decoder_only_greedy_with_padded_prompts_equals_full_forward_loop():
+    model = models.build(config.get_preset("decoder-tiny"), seed=2)
+    model.eval()
+    prompts = [[5, 9, 40, 7, 3], [11, 12], [300, 2, 8, 8]]
+    ids = np.zeros((3, 5), np.int32)
+    for b, p in enumerate(prompts):
+        ids[b, : len(p)] = p  # right padding; generate left-aligns the rows
+    tokens, logprobs = decoding.generate(model, ids, max_new_tokens=6)
+    for b, p in enumerate(prompts):
+        expected, lps = _naive_greedy(model, p, 6)
+        np.testing.assert_array_equal(np.asarray(tokens[b, : len(expected)]), expected)
+        assert (np.asarray(tokens[b, len(expected) :]) == 0).all()
+        chex.assert_trees_all_close(np.asarray(logprobs[b, : len(lps)]), np.array(lps), atol=1e-5)
+
+
+def test_decoder_only_beam_search_is_independent_of_batch_padding():
+    model = models.build(config.get_preset("decoder-tiny"), seed=3)
+    prompts = [[5, 9, 40, 7, 3, 2, 2], [11, 12]]
+    ids = np.zeros((2, 7), np.int32)
+    for b, p in enumerate(prompts):
+        ids[b, : len(p)] = p
+    batched, lp = decoding.generate(model, ids, max_new_tokens=5, num_beams=3)
+    for b, p in enumerate(prompts):
+        alone, alone_lp = decoding.generate(model, np.array([p]), max_new_tokens=5, num_beams=3)
+        chex.assert_trees_all_equal(batched[b], alone[0])
+        chex.assert_trees_all_close(lp[b], alone_lp[0], atol=1e-5)
+
+
+class FixedLogits(models.EncoderDecoder):
+    """Every decoding step returns the same logits, so each generated token is an independent
+    draw from the sampling distribution."""
+
+    def __init__(self, logits):
+        super().__init__(config.get_preset("t5-tiny"), rngs=nnx.Rngs(0))
+        self.fixed = nnx.Variable(jnp.asarray(logits, jnp.float32))
+
+    def decode(self, ids, encoded, attention_mask=None, *, cache=None, **unused):
+        out = jnp.broadcast_to(self.fixed[...], ids.shape + self.fixed.shape)
+        return out if cache is None else (out, {**cache, "index": cache["index"] + ids.shape[1]})
+
+
+def _expected_distribution(logits, temperature, top_k, top_p):
+    """softmax(logits / T) restricted to the top-k, then the top-p set, renormalised: written
+    from the definitions with numpy, independent of `filter_logits`."""
+    z = logits / temperature
+    keep = np.ones(z.shape, bool)
+    if top_k:
+        keep[np.argsort(-z)[top_k:]] = False
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    if top_p < 1:
+        order = np.argsort(-p)
+        before = np.cumsum(p[order]) - p[order]  # mass of the strictly more likely tokens
+        nucleus = np.zeros(z.shape, bool)
+        nucleus[order[before < top_p]] = True
+        p = np.where(nucleus, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.5, 0, 0.8), (1.2, 6, 0.7)]
+)
+def test_sampling_distribution_matches_softmax(temperature, top_k, top_p):
+    """20,000 draws: every token's frequency is within 5 standard errors of its probability
+    (a false alarm about once in a million per token), and no token outside the set appears."""
+    logits = np.random.default_rng(7).normal(size=10) * 1.5
+    model = FixedLogits(logits)
+    batch, steps = 2000, 10
+    tokens, _ = decoding.generate(
+        model,
+        np.ones((batch, 3), np.int32),
+        max_new_tokens=steps,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=99,  # outside the 10-token vocabulary: no sequence stops
+        rng=jax.random.key(11),
+    )
+    n = batch * steps
+    freq = np.bincount(np.asarray(tokens).ravel(), minlength=10)[:10] / n
+    p = _expected_distribution(logits, temperature, top_k, top_p)
+    assert (freq[p == 0] == 0).all()
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
+
+
+def test_min_new_tokens_holds_back_eos():
+    logits = np.zeros(10)
+    logits[1] = 5.0  # EOS is by far the most likely token
+    model = FixedLogits(logits)
+    tokens, _ = decoding.generate(model, np.ones((2, 3)), max_new_tokens=6, min_new_tokens=3)
+    tokens = np.asarray(tokens)
+    assert (tokens[:, :3] != 1).all() and (tokens[:, 3] == 1).all() and (tokens[:, 4:] == 0).all()
+    sampled, _ = decoding.generate(
+        model, np.ones((64, 3)), max_new_tokens=4, min_new_tokens=2, temperature=1.0
+    )
+    assert (np.asarray(sampled)[:, :2] != 1).all()
+
+
+def test_similar_prompt_lengths_share_one_compilation():
+    model = models.build(config.get_preset("t5-tiny"), seed=0)
+    before = decoding._sample_loop._cache_size()
+    for length in (9, 13, 16):  # one bucket: 16
+        decoding.generate(model, np.full((2, length), 7), max_new_tokens=3)
+    assert decoding._sample_loop._cache_size() == before + 1
+    decoding.generate(model, np.full((2, 17), 7), max_new_tokens=3)  # the next bucket: 32
+    assert decoding._sample_loop._cache_size() == before + 2
+    assert decoding.bucket_length(3) == 16 and decoding.bucket_length(513) == 1024
+
+
+def test_beam_search_flags():
+    model = models.build(config.get_preset("t5-tiny"))
+    with pytest.raises(ValueError, match="beam search .* deterministic"):
+        decoding.generate(model, np.ones((1, 3)), max_new_tokens=2, num_beams=2, temperature=1)
+    with pytest.raises(ValueError, match="rows \\[1\\]"):
+        decoding.generate(model, np.array([[5, 6], [0, 0]]), max_new_tokens=2)

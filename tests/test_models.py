@@ -112,19 +112,22 @@ def test_prefix_lm_sees_the_whole_prefix():
     chex.assert_trees_all_close(model(x)[0, 0], model(changed)[0, 0])
 
 
-@pytest.mark.parametrize("name", ["t5-tiny", "decoder-tiny"])
+@pytest.mark.parametrize("name", ["t5-tiny", "t5-tiny+cross-cache", "decoder-tiny"])
 def test_cached_decoding_equals_full_forward(name):
-    model = tiny(name)
+    model = tiny(name.split("+")[0])
     y = ids((B, T), 5)
-    if name == "t5-tiny":
+    cache = model.init_cache(B, T + 2)
+    if name.startswith("t5-tiny"):
         x = ids((B, S))
         encoded = model.encode(x)
         full = model.decode(y, encoded)
+        if name.endswith("cross-cache"):  # cross-attention K/V projected once, encoded unused
+            cache = model.init_cache(B, T + 2, encoded=encoded)
+            encoded = None
         step = lambda tok, cache: model.decode(tok, encoded, cache=cache)
     else:
         full = model(y)
         step = lambda tok, cache: model.decode(tok, cache=cache)
-    cache = model.init_cache(B, T + 2)
     # a 2-token prefill, then one token at a time
     logits, cache = step(y[:, :2], cache)
     outs = [logits]
