@@ -76,7 +76,7 @@ def _step(model, tokens, cache, context):
 
 
 def _block_eos(logits, i, min_new_tokens, eos_id):
-    """EOS may not end a sequence before `min_new_tokens` (HF's MinNewTokensLengthLogitsProcessor)."""
+    """EOS may not end a sequence before `min_new_tokens` (HF's MinNewTokensLength processor)."""
     if not min_new_tokens:
         return logits
     return jnp.where(
@@ -155,7 +155,7 @@ def _gather_beams(x, index):
 
 
 def _repeat_rows(tree, n):
-    """Every array with a batch axis (ndim >= 1) repeated n times per row: (B, ...) -> (B*n, ...)."""
+    """Each array with a batch axis repeated n times per row: (B, ...) -> (B*n, ...)."""
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
 
 
@@ -251,9 +251,7 @@ def _beam_search(
         scores = _gather_beams(merged, best)
         tokens = _gather_beams(jnp.concatenate([c["tokens"], cand_tokens], axis=1), best)
         lp = _gather_beams(jnp.concatenate([c["lp"], cand_lp], axis=1), best)
-        finished = _gather_beams(
-            jnp.concatenate([c["finished"], stops & top_beams], axis=1), best
-        )
+        finished = _gather_beams(jnp.concatenate([c["finished"], stops & top_beams], axis=1), best)
 
         # Can the best running beam, scored at this length, still beat a finished one?
         best_running = running_scores[:, :1] / length**length_penalty

@@ -234,13 +234,12 @@ class EncoderDecoder(_Assembly):
         input, also each layer's cross-attention keys/values, projected once (`cache["cross"]`)."""
         cache = _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
         if encoded is not None:
-            cache["cross"] = [
-                {
-                    name: rules.constrain(value, _CACHE_AXES)
-                    for name, value in zip(("k", "v"), layer.cross_attn.project_kv(encoded))
-                }
-                for layer in self.decoder.layers
-            ]
+            cache["cross"] = []
+            for layer in self.decoder.layers:
+                k, v = layer.cross_attn.project_kv(encoded)
+                cache["cross"].append(
+                    {"k": rules.constrain(k, _CACHE_AXES), "v": rules.constrain(v, _CACHE_AXES)}
+                )
         return cache
 
 
