@@ -4,13 +4,17 @@ t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value
 t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
 t5x-lite convert --from CKPT_DIR --to-hf HF_DIR      # native -> HF directory
 t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
+t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
+t5x-lite icl [--model DIR] [--data embedded|FILE.jsonl] [--shots 0,1,2] [--out DIR]  # ROUGE
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 COMMANDS = ("train", "convert", "tokenizer")
 
@@ -79,7 +83,100 @@ def _parser() -> argparse.ArgumentParser:
     )
     tok_train.add_argument("--out", required=True, help="output directory")
     tok_train.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
+
+    gen = sub.add_parser("generate", help="complete prompts with a model (greedy, sampling, beams)")
+    gen.add_argument(
+        "--model",
+        default="runs/default",
+        help="HF directory, `t5x-lite train` workdir or native checkpoint (default runs/default)",
+    )
+    gen.add_argument("--tokenizer", default=None, help="tokenizer override (default: the model's)")
+    gen.add_argument("--prompt", action="append", default=None, help="a prompt; repeat for more")
+    gen.add_argument(
+        "--prompts-file",
+        default=None,
+        help="a prompt per line (.txt), or .jsonl with --field; '-' or neither flag: stdin",
+    )
+    gen.add_argument("--field", default="dialogue", help="JSONL field holding the prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--min-new-tokens", type=int, default=0)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
+    gen.add_argument("--num-beams", type=int, default=1, help="> 1: beam search")
+    gen.add_argument("--length-penalty", type=float, default=1.0, help="beam search only")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--max-input-length", type=int, default=512, help="prompt window, tokens")
+    gen.add_argument(
+        "--on-long-prompt",
+        default="truncate",
+        choices=("truncate", "error"),
+        help="a prompt over --max-input-length: cut it with a warning, or fail",
+    )
+    gen.add_argument("--dtype", default=None, help="compute dtype (default: the model's)")
+    gen.add_argument("--jsonl", action="store_true", help="print JSON lines, with log-probs")
+
+    icl = sub.add_parser("icl", help="k-shot in-context-learning evaluation (ROUGE per k)")
+    icl.add_argument(
+        "--model",
+        default="runs/default",
+        help="HF directory, `t5x-lite train` workdir or native checkpoint (default runs/default)",
+    )
+    icl.add_argument("--tokenizer", default=None, help="tokenizer override (default: the model's)")
+    icl.add_argument(
+        "--data",
+        default="embedded",
+        help="embedded (the built-in corpus) or a .jsonl file with dialogue and summary fields",
+    )
+    icl.add_argument("--split", default="test", help="embedded split to evaluate (default test)")
+    icl.add_argument("--num-examples", type=int, default=32, help="first N records (default 32)")
+    icl.add_argument("--shots", default="0,1,2", help="comma-separated shot counts (default 0,1,2)")
+    icl.add_argument("--template", default="summarize", help="prompt template (t5x_lite.prompts)")
+    icl.add_argument("--max-length", type=int, default=512, help="prompt window in tokens")
+    icl.add_argument("--max-new-tokens", type=int, default=64)
+    icl.add_argument("--batch-size", type=int, default=8)
+    icl.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    icl.add_argument("--top-k", type=int, default=0, help="0 = off")
+    icl.add_argument("--top-p", type=float, default=1.0)
+    icl.add_argument("--num-beams", type=int, default=1)
+    icl.add_argument("--seed", type=int, default=0, help="shot selection and sampling")
+    icl.add_argument(
+        "--on-overflow",
+        default="truncate",
+        choices=("truncate", "error", "skip"),
+        help="a query longer than the window on its own: cut it, fail, or skip it",
+    )
+    icl.add_argument("--out", default="runs/icl", help="writes icl.md and icl.jsonl here")
     return parser
+
+
+def _read_prompts(args) -> list[str]:
+    """--prompt flags, else --prompts-file (a prompt per line, or JSONL --field), else stdin."""
+    if args.prompt:
+        return list(args.prompt)
+    if args.prompts_file and args.prompts_file != "-":
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {path} does not exist")
+        if path.suffix == ".jsonl":
+            from t5x_lite import data
+
+            records = data.read_records(data.DataSpec(source="jsonl", path=str(path)))
+            for r in records:
+                if args.field not in r:
+                    fields = sorted(k for k in r if not k.startswith("_"))
+                    raise KeyError(
+                        f"{r['_position']}: no field {args.field!r} (--field); it has {fields}"
+                    )
+            return [str(r[args.field]) for r in records]
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts: pass --prompt TEXT, --prompts-file FILE or lines on stdin")
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +232,75 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {args.out}: {tok.vocab_size} ids ({tok.sp_vocab_size} pieces + "
             f"{tok.num_sentinels} sentinels)"
         )
+    elif args.command == "generate":
+        from t5x_lite import completion, conversion
+
+        texts = _read_prompts(args)
+        model, tok = conversion.load_for_inference(
+            args.model, tokenizer_path=args.tokenizer, dtype=args.dtype
+        )
+        ids, _ = completion.encode_prompts(
+            model,
+            tok,
+            texts,
+            max_input_length=args.max_input_length,
+            on_long_prompt=args.on_long_prompt,
+        )
+        done = completion.complete(
+            model,
+            tok,
+            ids,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            length_penalty=args.length_penalty,
+        )
+        for i, (text, c) in enumerate(zip(texts, done, strict=True)):
+            if args.jsonl:
+                row = {"prompt": text, "completion": c.text, "logprob": c.logprob}
+                print(json.dumps(row | {"num_tokens": len(c.tokens)}, ensure_ascii=False))
+            else:
+                print(c.text if len(texts) == 1 else f"[{i}] {c.text}")
+    elif args.command == "icl":
+        from pathlib import Path
+
+        from t5x_lite import conversion, icl
+
+        shots = icl.parse_shots(args.shots)
+        if not Path(args.model).exists():
+            raise FileNotFoundError(
+                f"no model at {args.model!r}: train one with `t5x-lite train` (writes "
+                "runs/default) or pass --model (HF directory, workdir or native checkpoint)"
+            )
+        model, tok = conversion.load_for_inference(args.model, tokenizer_path=args.tokenizer)
+        records, pool = icl.load_records(
+            args.data, split=args.split, num_examples=args.num_examples
+        )
+        rows = icl.evaluate(
+            model,
+            tok,
+            records,
+            shots=shots,
+            pool=pool,
+            template=args.template,
+            max_length=args.max_length,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            seed=args.seed,
+            on_overflow=args.on_overflow,
+        )
+        markdown, jsonl = icl.write_results(rows, args.out)
+        print(icl.format_table(rows))
+        print(f"wrote {markdown} and {jsonl}")
     return 0
 
 
