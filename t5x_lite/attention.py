@@ -90,15 +90,21 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 def dot_product_attention(
     q: jax.Array,  # (B, T, N, H)
-    k: jax.Array,  # (B, S, N, H)
-    v: jax.Array,  # (B, S, N, H)
+    k: jax.Array,  # (B, S, N, H), or (B, N, S, H) with heads_first
+    v: jax.Array,  # as k
     *,
     bias: jax.Array | None = None,  # (1|B, N, T, S) float32
     mask: jax.Array | None = None,  # (1|B, 1|N, T, S) bool
     dropout: nnx.Dropout | None = None,
+    heads_first: bool = False,
 ) -> jax.Array:  # (B, T, N, H)
-    """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling."""
-    scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
+    """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling.
+
+    `heads_first` keys/values (the decoding caches' layout) are read without a transpose: for one
+    query token against a long cache that is ~8x faster on XLA:CPU than (B, S, N, H).
+    """
+    kv = "BNSH" if heads_first else "BSNH"
+    scores = jnp.einsum(f"BTNH,{kv}->BNTS", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         scores = add_bias(scores, bias)
     if mask is not None:
@@ -106,7 +112,7 @@ def dot_product_attention(
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     if dropout is not None:
         weights = dropout(weights)
-    return jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+    return jnp.einsum(f"BNTS,{kv}->BTNH", weights, v)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -142,11 +148,12 @@ class MultiHeadAttention(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.dtype = dtype
 
-    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(B, S, D) -> keys and values, each (B, S, N, H)."""
+    def project_kv(self, x: jax.Array, *, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
+        """(B, S, D) -> keys and values, each (B, S, N, H), or (B, N, S, H) with heads_first."""
         x = x.astype(self.dtype)
-        k = jnp.einsum("BSD,DNH->BSNH", x, self.k[...].astype(self.dtype))
-        v = jnp.einsum("BSD,DNH->BSNH", x, self.v[...].astype(self.dtype))
+        out = "BNSH" if heads_first else "BSNH"
+        k = jnp.einsum(f"BSD,DNH->{out}", x, self.k[...].astype(self.dtype))
+        v = jnp.einsum(f"BSD,DNH->{out}", x, self.v[...].astype(self.dtype))
         return k, v
 
     def __call__(
@@ -156,19 +163,20 @@ class MultiHeadAttention(nnx.Module):
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
-        cache: dict | None = None,  # {"k", "v": (B, S_max, N, H)}, written at `cache_index`
+        cache: dict | None = None,  # {"k", "v": (B, N, S_max, H)}, written at `cache_index`
         cache_index: jax.Array | None = None,
-        kv: dict | None = None,  # {"k", "v": (B, S, N, H)} already projected (cross-attention)
+        kv: dict | None = None,  # {"k", "v": (B, N, S, H)} already projected (cross-attention)
     ) -> jax.Array | tuple[jax.Array, dict]:
         x = x.astype(self.dtype)
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
+        decoding = cache is not None or kv is not None  # caches are laid out heads first
         if kv is not None:
             k, v = kv["k"], kv["v"]
         else:
-            k, v = self.project_kv(x if kv_input is None else kv_input)
+            k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
-            start = (0, cache_index, 0, 0)
+            start = (0, 0, cache_index, 0)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
             cache = {"k": k, "v": v}
@@ -179,6 +187,7 @@ class MultiHeadAttention(nnx.Module):
             bias=bias,
             mask=mask,
             dropout=self.dropout,
+            heads_first=decoding,
         )
         out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
         return out if cache is None else (out, cache)

@@ -131,8 +131,7 @@ def _sample_loop(
         logits = _block_eos(logits, i, min_new_tokens, eos_id)
         if temperature > 0:
             rng, key = jax.random.split(rng)
-            filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-            choice = jax.random.categorical(key, filtered, axis=-1)
+            choice = sample(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
         else:
             choice = jnp.argmax(logits, axis=-1)
         choice = jnp.where(done, pad_id, choice).astype(jnp.int32)
@@ -299,7 +298,8 @@ def filter_logits(
     whose probability reaches p; always at least one). Removed tokens get -inf. (B, V)."""
     logits = logits / temperature
     if top_k > 0:
-        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        # min of the top-k values, not [..., -1]: XLA:CPU keeps a fast TopK only for the former
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0].min(-1, keepdims=True)
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if top_p < 1.0:
         order = jnp.argsort(logits, axis=-1)  # ascending, as HF's TopPLogitsWarper
@@ -310,6 +310,40 @@ def filter_logits(
         remove = jnp.take_along_axis(remove, jnp.argsort(order, axis=-1), axis=-1)
         logits = jnp.where(remove, -jnp.inf, logits)
     return logits
+
+
+_NUCLEUS_CANDIDATES = 256  # top-p looks here first; a full sort only if the nucleus is wider
+
+
+def sample(key, logits, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """One token per row from `filter_logits`' distribution, without sorting the vocabulary.
+
+    With top-k, only the k best logits are sampled from (top-p then applies within them, sorted
+    already). Top-p alone looks at the 256 best first and sorts the whole row only when their
+    mass is below p. (B, V) -> (B,) int32.
+    """
+    vocab = logits.shape[-1]
+    k = top_k if top_k > 0 else (_NUCLEUS_CANDIDATES if top_p < 1 else 0)
+    if k == 0 or k >= vocab:
+        filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    values, index = jax.lax.top_k(logits, k)  # best first
+    if top_p < 1:
+        # Normalised over the survivors: the top-k set, or the whole vocabulary.
+        total = jax.nn.logsumexp(values if top_k > 0 else logits, axis=-1, keepdims=True)
+        probs = jnp.exp(values - total)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+        values = jnp.where(before < top_p, values, -jnp.inf)  # HF's rule; the best always stays
+        if top_k == 0:  # the nucleus may reach past the candidates: fall back to the full sort
+            wide = jnp.any(before[:, -1] < top_p)
+            full = lambda: jax.random.categorical(key, filter_logits(logits, top_p=top_p), axis=-1)
+            fast = lambda: jnp.take_along_axis(
+                index, jax.random.categorical(key, values, axis=-1)[:, None], axis=-1
+            )[:, 0]
+            return jax.lax.cond(wide, full, fast).astype(jnp.int32)
+    choice = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 def _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams):

@@ -253,12 +253,21 @@ def _expected_distribution(logits, temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize(
-    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.5, 0, 0.8), (1.2, 6, 0.7)]
+    "vocab,scale,temperature,top_k,top_p",
+    [
+        (10, 1.5, 1.0, 0, 1.0),
+        (10, 1.5, 0.7, 4, 1.0),
+        (10, 1.5, 1.5, 0, 0.8),
+        (10, 1.5, 1.2, 6, 0.7),
+        (300, 3.0, 1.0, 20, 0.9),  # top-k then top-p within the k
+        (300, 3.0, 0.8, 0, 0.6),  # the nucleus lies within the 256 best: no full sort
+        (300, 0.1, 1.0, 0, 0.95),  # nearly flat: the nucleus is wider, the full sort runs
+    ],
 )
-def test_sampling_distribution_matches_softmax(temperature, top_k, top_p):
+def test_sampling_distribution_matches_softmax(vocab, scale, temperature, top_k, top_p):
     """20,000 draws: every token's frequency is within 5 standard errors of its probability
     (a false alarm about once in a million per token), and no token outside the set appears."""
-    logits = np.random.default_rng(7).normal(size=10) * 1.5
+    logits = np.random.default_rng(7).normal(size=vocab) * scale
     model = FixedLogits(logits)
     batch, steps = 2000, 10
     tokens, _ = decoding.generate(
@@ -268,11 +277,11 @@ def test_sampling_distribution_matches_softmax(temperature, top_k, top_p):
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        eos_id=99,  # outside the 10-token vocabulary: no sequence stops
+        eos_id=vocab + 1,  # outside the vocabulary: no sequence stops
         rng=jax.random.key(11),
     )
     n = batch * steps
-    freq = np.bincount(np.asarray(tokens).ravel(), minlength=10)[:10] / n
+    freq = np.bincount(np.asarray(tokens).ravel(), minlength=vocab)[:vocab] / n
     p = _expected_distribution(logits, temperature, top_k, top_p)
     assert (freq[p == 0] == 0).all()
     np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
