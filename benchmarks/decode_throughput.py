@@ -17,10 +17,11 @@ What it measures, in one process run, float32 on both sides:
   use); ours is `t5x_lite.decoding.generate` (the whole loop in one jit), with
   `block_until_ready` on its outputs.
 - Timing: one warm-up call per side and case (compiles ours), then the median of `--repeats`
-  calls; each side's calls run back to back. Reported per case: new tokens/s
-  (batch x new tokens / seconds), seconds per call, ms per generated step (seconds per call /
-  new tokens, so the encoder is spread over the steps), and ours/HF (speed ratio). Greedy
-  outputs are compared token by token as a sanity check of "same weights".
+  calls; ours and HF's calls alternate, so both see the same load on a shared machine.
+  Reported per case: new tokens/s (batch x new tokens / seconds), seconds per call, ms per
+  generated step (seconds per call / new tokens, so the encoder is spread over the steps), and
+  ours/HF (speed ratio). Greedy outputs are compared token by token as a sanity check of
+  "same weights".
 - Roofline bound for one call, from two measured figures: memory bandwidth (best of a sum over
   a large float32 buffer, 1 GiB by default, with numpy, a jitted jnp.sum and torch; bytes read
   / seconds) and the float32 matmul peak (`t5x_lite.flops.measure_matmul_peak`). Then
@@ -57,7 +58,7 @@ import numpy as np  # noqa: E402
 
 from t5x_lite import config, decoding, flops, hf  # noqa: E402
 
-FULL = dict(preset="t5-small", inputs_length=512, new_tokens=64, repeats=5, bandwidth_mib=1024)
+FULL = dict(preset="t5-small", inputs_length=512, new_tokens=64, repeats=7, bandwidth_mib=1024)
 QUICK = dict(preset="t5-tiny", inputs_length=64, new_tokens=8, repeats=2, bandwidth_mib=128)
 CASES = (("greedy", dict(temperature=0.0)), ("sample", dict(temperature=1.0, top_k=50)))
 GOAL_RATIO, GOAL_BOUND = 1.5, 0.60
@@ -161,7 +162,8 @@ def save_random_hf(cfg, path, seed=0):
     return transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
 
 
-def time_ours(model, ids, mask, sampling, new_tokens, repeats, seed):
+def ours_call(model, ids, mask, sampling, new_tokens, seed):
+    """A call of our generator returning its tokens (numpy); compiled by a first call here."""
     kwargs = dict(
         attention_mask=mask,
         max_new_tokens=new_tokens,
@@ -171,18 +173,14 @@ def time_ours(model, ids, mask, sampling, new_tokens, repeats, seed):
     )
 
     def call():
-        return jax.block_until_ready(decoding.generate(model, ids, **kwargs))[0]
+        return np.asarray(jax.block_until_ready(decoding.generate(model, ids, **kwargs))[0])
 
     call()  # compile
-    times, tokens = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), np.asarray(tokens)
+    return call
 
 
-def time_hf(model, ids, mask, sampling, new_tokens, repeats, seed):
+def hf_call(model, ids, mask, sampling, new_tokens, seed):
+    """A call of HF's generate returning the new tokens (numpy), warmed up once."""
     import torch
 
     ids, mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
@@ -194,7 +192,7 @@ def time_hf(model, ids, mask, sampling, new_tokens, repeats, seed):
 
     def call():
         with torch.inference_mode():
-            return model.generate(
+            out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 min_new_tokens=new_tokens,
@@ -203,18 +201,27 @@ def time_hf(model, ids, mask, sampling, new_tokens, repeats, seed):
                 use_cache=True,
                 **kwargs,
             )
+        out = out.numpy()[:, 1:]  # drop the decoder start token
+        if out.shape[1] != new_tokens:
+            raise RuntimeError(f"HF generated {out.shape[1]} tokens, expected {new_tokens}")
+        return out
 
     torch.manual_seed(seed)
     call()  # warm-up
-    times, out = [], None
+    return call
+
+
+def time_interleaved(calls, repeats):
+    """Median seconds of each call over `repeats` rounds, the calls alternating within a round
+    so that both sides see the same machine load; also each call's last output."""
+    times = [[] for _ in calls]
+    outs = [None] * len(calls)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    out = out.numpy()[:, 1:]  # drop the decoder start token
-    if out.shape[1] != new_tokens:
-        raise RuntimeError(f"HF generated {out.shape[1]} tokens, expected {new_tokens}")
-    return statistics.median(times), out
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            outs[i] = call()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
 
 
 # ----------------------------------------------------------------------------- main
@@ -281,9 +288,10 @@ def main(argv=None):
             peak=peak,
         )
         for case, sampling in CASES:
-            timing = (ids, mask, sampling, args.new_tokens, args.repeats, args.seed)
-            ours_s, ours_tokens = time_ours(ours, *timing)
-            hf_s, hf_tokens = time_hf(hf_model, *timing)
+            setup = (ids, mask, sampling, args.new_tokens, args.seed)
+            (ours_s, hf_s), (ours_tokens, hf_tokens) = time_interleaved(
+                [ours_call(ours, *setup), hf_call(hf_model, *setup)], args.repeats
+            )
             new = batch * args.new_tokens
             agree = float((ours_tokens == hf_tokens).mean()) if case == "greedy" else None
             rows.append(
