@@ -90,8 +90,8 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 def dot_product_attention(
     q: jax.Array,  # (B, T, N, H)
-    k: jax.Array,  # (B, S, N, H), or (B, N, S, H) with heads_first
-    v: jax.Array,  # as k
+    k: jax.Array,  # (B, S, N, H), or (B, N, H, S) with heads_first
+    v: jax.Array,  # (B, S, N, H), or (B, N, S, H) with heads_first
     *,
     bias: jax.Array | None = None,  # (1|B, N, T, S) float32
     mask: jax.Array | None = None,  # (1|B, 1|N, T, S) bool
@@ -100,11 +100,17 @@ def dot_product_attention(
 ) -> jax.Array:  # (B, T, N, H)
     """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling.
 
-    `heads_first` keys/values (the decoding caches' layout) are read without a transpose: for one
-    query token against a long cache that is ~8x faster on XLA:CPU than (B, S, N, H).
+    `heads_first` keys/values (the decoding caches' layout: keys already transposed) are read
+    as stored: for one query token against a long cache, XLA:CPU would otherwise transpose the
+    cache at every step, which costs up to 8x the attention itself.
     """
     kv = "BNSH" if heads_first else "BSNH"
-    scores = jnp.einsum(f"BTNH,{kv}->BNTS", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(
+        f"BTNH,{'BNHS' if heads_first else 'BSNH'}->BNTS",
+        q,
+        k,
+        preferred_element_type=jnp.float32,
+    )
     if bias is not None:
         scores = add_bias(scores, bias)
     if mask is not None:
@@ -149,11 +155,13 @@ class MultiHeadAttention(nnx.Module):
         self.dtype = dtype
 
     def project_kv(self, x: jax.Array, *, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
-        """(B, S, D) -> keys and values, each (B, S, N, H), or (B, N, S, H) with heads_first."""
+        """(B, S, D) -> keys and values, each (B, S, N, H); with heads_first (the caches'
+        layout) keys (B, N, H, S) and values (B, N, S, H)."""
         x = x.astype(self.dtype)
-        out = "BNSH" if heads_first else "BSNH"
-        k = jnp.einsum(f"BSD,DNH->{out}", x, self.k[...].astype(self.dtype))
-        v = jnp.einsum(f"BSD,DNH->{out}", x, self.v[...].astype(self.dtype))
+        k = jnp.einsum("BSD,DNH->BSNH", x, self.k[...].astype(self.dtype))
+        v = jnp.einsum("BSD,DNH->BSNH", x, self.v[...].astype(self.dtype))
+        if heads_first:  # transpose the (small) result, not the kernels, inside decoding loops
+            k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)
         return k, v
 
     def __call__(
@@ -163,9 +171,9 @@ class MultiHeadAttention(nnx.Module):
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
-        cache: dict | None = None,  # {"k", "v": (B, N, S_max, H)}, written at `cache_index`
+        cache: dict | None = None,  # k (B, N, H, S_max), v (B, N, S_max, H), see project_kv
         cache_index: jax.Array | None = None,
-        kv: dict | None = None,  # {"k", "v": (B, N, S, H)} already projected (cross-attention)
+        kv: dict | None = None,  # {"k", "v"} projected already (cross-attention), as the cache
     ) -> jax.Array | tuple[jax.Array, dict]:
         x = x.astype(self.dtype)
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
@@ -176,9 +184,12 @@ class MultiHeadAttention(nnx.Module):
             k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
-            start = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+            k = jax.lax.dynamic_update_slice(
+                cache["k"], k.astype(cache["k"].dtype), (0, 0, 0, cache_index)
+            )
+            v = jax.lax.dynamic_update_slice(
+                cache["v"], v.astype(cache["v"].dtype), (0, 0, cache_index, 0)
+            )
             cache = {"k": k, "v": v}
         h = dot_product_attention(
             q,
@@ -189,5 +200,10 @@ class MultiHeadAttention(nnx.Module):
             dropout=self.dropout,
             heads_first=decoding,
         )
-        out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
+        if decoding:  # a plain (B*T, N*H) x (N*H, D) matmul: the kernel is read as stored
+            b, t, n, hd = h.shape
+            o = self.o[...].astype(self.dtype).reshape(n * hd, -1)
+            out = (h.reshape(b * t, n * hd) @ o).reshape(b, t, -1)
+        else:
+            out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
         return out if cache is None else (out, cache)

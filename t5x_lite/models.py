@@ -76,7 +76,7 @@ def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
             combine_masks(causal, _self_attention_mask(key_valid, segment_ids)),
         )
     query_positions = cache["index"] + jnp.arange(length)
-    key_positions = jnp.arange(cache["layers"][0]["k"].shape[2])
+    key_positions = jnp.arange(cache["layers"][0]["v"].shape[2])
     mask = combine_masks(
         causal_mask(query_positions, key_positions),
         None if key_valid is None else key_padding_mask(key_valid),
@@ -102,16 +102,22 @@ def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
     return hidden, {**cache, "index": cache["index"] + x.shape[1], "layers": layers}
 
 
-_CACHE_AXES = ("batch", "heads", "length", "kv")  # heads first: see dot_product_attention
+# Heads first, keys transposed: see dot_product_attention.
+_CACHE_AXES = {"k": ("batch", "heads", "kv", "length"), "v": ("batch", "heads", "length", "kv")}
 
 
 def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
-    """Self-attention KV cache: per layer k, v (B, N, max_length, H) and the filled length.
-
-    Under an active mesh the cache is laid out by the same rules as everything else."""
-    shape = (batch_size, cfg.num_heads, max_length, cfg.d_kv)
-    zeros = lambda: rules.constrain(jnp.zeros(shape, cfg.dtype), _CACHE_AXES)
-    layer = lambda: {"k": zeros(), "v": zeros()}
+    """Self-attention KV cache: per layer k (B, N, H, max_length), v (B, N, max_length, H) and
+    the filled length. Under an active mesh the cache is laid out by the same rules as
+    everything else."""
+    shapes = {
+        "k": (batch_size, cfg.num_heads, cfg.d_kv, max_length),
+        "v": (batch_size, cfg.num_heads, max_length, cfg.d_kv),
+    }
+    layer = lambda: {
+        name: rules.constrain(jnp.zeros(shape, cfg.dtype), _CACHE_AXES[name])
+        for name, shape in shapes.items()
+    }
     return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
 
 
@@ -238,7 +244,10 @@ class EncoderDecoder(_Assembly):
             for layer in self.decoder.layers:
                 k, v = layer.cross_attn.project_kv(encoded, heads_first=True)
                 cache["cross"].append(
-                    {"k": rules.constrain(k, _CACHE_AXES), "v": rules.constrain(v, _CACHE_AXES)}
+                    {
+                        "k": rules.constrain(k, _CACHE_AXES["k"]),
+                        "v": rules.constrain(v, _CACHE_AXES["v"]),
+                    }
                 )
         return cache
 
