@@ -69,6 +69,7 @@ def evaluate(
     template: str | prompts.Template = "summarize",
     max_length: int = 512,
     max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
     batch_size: int = 8,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -106,6 +107,7 @@ def evaluate(
         "template": template.name,
         "max_length": max_length,
         "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
         "temperature": temperature,
         "top_k": top_k,
         "top_p": top_p,
@@ -113,11 +115,18 @@ def evaluate(
         "length_penalty": length_penalty,
         "seed": seed,
     }
-    generation = {k: settings[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
-    if num_beams > 1:  # beam flags are passed only when they change anything
-        generation["num_beams"] = num_beams
-    if length_penalty != 1.0:
-        generation["length_penalty"] = length_penalty
+    generation = {
+        k: settings[k]
+        for k in (
+            "max_new_tokens",
+            "min_new_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "num_beams",
+            "length_penalty",
+        )
+    }
 
     rows = []
     for k in shots:

@@ -85,12 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
 
     gen = sub.add_parser("generate", help="complete prompts with a model (greedy, sampling, beams)")
-    gen.add_argument(
-        "--model",
-        default="runs/default",
-        help="HF directory, `t5x-lite train` workdir or native checkpoint (default runs/default)",
-    )
-    gen.add_argument("--tokenizer", default=None, help="tokenizer override (default: the model's)")
+    _add_model_flags(gen)
     gen.add_argument("--prompt", action="append", default=None, help="a prompt; repeat for more")
     gen.add_argument(
         "--prompts-file",
@@ -98,15 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a prompt per line (.txt), or .jsonl with --field; '-' or neither flag: stdin",
     )
     gen.add_argument("--field", default="dialogue", help="JSONL field holding the prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--min-new-tokens", type=int, default=0)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
-    gen.add_argument("--num-beams", type=int, default=1, help="> 1: beam search")
-    gen.add_argument("--length-penalty", type=float, default=1.0, help="beam search only")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=8)
+    _add_decoding_flags(gen)
     gen.add_argument("--max-input-length", type=int, default=512, help="prompt window, tokens")
     gen.add_argument(
         "--on-long-prompt",
@@ -114,16 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         choices=("truncate", "error"),
         help="a prompt over --max-input-length: cut it with a warning, or fail",
     )
-    gen.add_argument("--dtype", default=None, help="compute dtype (default: the model's)")
     gen.add_argument("--jsonl", action="store_true", help="print JSON lines, with log-probs")
 
     icl = sub.add_parser("icl", help="k-shot in-context-learning evaluation (ROUGE per k)")
-    icl.add_argument(
-        "--model",
-        default="runs/default",
-        help="HF directory, `t5x-lite train` workdir or native checkpoint (default runs/default)",
-    )
-    icl.add_argument("--tokenizer", default=None, help="tokenizer override (default: the model's)")
+    _add_model_flags(icl)
     icl.add_argument(
         "--data",
         default="embedded",
@@ -134,13 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     icl.add_argument("--shots", default="0,1,2", help="comma-separated shot counts (default 0,1,2)")
     icl.add_argument("--template", default="summarize", help="prompt template (t5x_lite.prompts)")
     icl.add_argument("--max-length", type=int, default=512, help="prompt window in tokens")
-    icl.add_argument("--max-new-tokens", type=int, default=64)
-    icl.add_argument("--batch-size", type=int, default=8)
-    icl.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    icl.add_argument("--top-k", type=int, default=0, help="0 = off")
-    icl.add_argument("--top-p", type=float, default=1.0)
-    icl.add_argument("--num-beams", type=int, default=1)
-    icl.add_argument("--seed", type=int, default=0, help="shot selection and sampling")
+    _add_decoding_flags(icl)
     icl.add_argument(
         "--on-overflow",
         default="truncate",
@@ -149,6 +124,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     icl.add_argument("--out", default="runs/icl", help="writes icl.md and icl.jsonl here")
     return parser
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="runs/default",
+        help="HF directory, `t5x-lite train` workdir or native checkpoint (default runs/default)",
+    )
+    parser.add_argument("--tokenizer", default=None, help="default: the model's own")
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: the model's)")
+
+
+def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    """The `decoding.generate` flags, shared by `generate` and `icl`."""
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
+    parser.add_argument("--num-beams", type=int, default=1, help="> 1: beam search")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search only")
+    parser.add_argument("--seed", type=int, default=0, help="sampling (and icl's shot draws)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+
+
+def _decoding_kwargs(args) -> dict:
+    names = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "num_beams")
+    return {name: getattr(args, name) for name in (*names, "length_penalty")}
+
+
+def _load_model(args):
+    from t5x_lite import conversion
+
+    if not Path(args.model).exists():
+        raise FileNotFoundError(
+            f"no model at {args.model!r}: train one with `t5x-lite train` (writes "
+            "runs/default) or pass --model (HF directory, workdir or native checkpoint)"
+        )
+    path, tokenizer, dtype = args.model, args.tokenizer, args.dtype
+    return conversion.load_for_inference(path, tokenizer_path=tokenizer, dtype=dtype)
 
 
 def _read_prompts(args) -> list[str]:
@@ -233,12 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{tok.num_sentinels} sentinels)"
         )
     elif args.command == "generate":
-        from t5x_lite import completion, conversion
+        from t5x_lite import completion
 
         texts = _read_prompts(args)
-        model, tok = conversion.load_for_inference(
-            args.model, tokenizer_path=args.tokenizer, dtype=args.dtype
-        )
+        model, tok = _load_model(args)
         ids, _ = completion.encode_prompts(
             model,
             tok,
@@ -247,18 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             on_long_prompt=args.on_long_prompt,
         )
         done = completion.complete(
-            model,
-            tok,
-            ids,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            num_beams=args.num_beams,
-            length_penalty=args.length_penalty,
+            model, tok, ids, batch_size=args.batch_size, seed=args.seed, **_decoding_kwargs(args)
         )
         for i, (text, c) in enumerate(zip(texts, done, strict=True)):
             if args.jsonl:
@@ -267,17 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(c.text if len(texts) == 1 else f"[{i}] {c.text}")
     elif args.command == "icl":
-        from pathlib import Path
-
-        from t5x_lite import conversion, icl
+        from t5x_lite import icl
 
         shots = icl.parse_shots(args.shots)
-        if not Path(args.model).exists():
-            raise FileNotFoundError(
-                f"no model at {args.model!r}: train one with `t5x-lite train` (writes "
-                "runs/default) or pass --model (HF directory, workdir or native checkpoint)"
-            )
-        model, tok = conversion.load_for_inference(args.model, tokenizer_path=args.tokenizer)
+        model, tok = _load_model(args)
         records, pool = icl.load_records(
             args.data, split=args.split, num_examples=args.num_examples
         )
@@ -289,14 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             pool=pool,
             template=args.template,
             max_length=args.max_length,
-            max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            num_beams=args.num_beams,
             seed=args.seed,
             on_overflow=args.on_overflow,
+            **_decoding_kwargs(args),
         )
         markdown, jsonl = icl.write_results(rows, args.out)
         print(icl.format_table(rows))

@@ -10,7 +10,8 @@ from t5x_lite import checkpoint, config, corpus, decoding, icl, main, models, pr
 
 ROW_KEYS = {
     "shots", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_shots_fit", "num_examples",
-    "num_truncated", "num_skipped", "template", "max_length", "max_new_tokens", "temperature",
+    "num_truncated", "num_skipped", "template", "max_length", "max_new_tokens", "min_new_tokens",
+    "temperature",
     "top_k", "top_p", "num_beams", "length_penalty", "seed",
 }  # fmt: skip
 ECHO = prompts.Template("echo", "{summary}", "", truncate_field="summary")
