@@ -88,22 +88,52 @@ def _add_bias_bwd(bias_batch, g):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+# Queries per block: a block's (B, N, 128, S) scores stay in cache through the softmax passes,
+# ~25% faster than the whole (B, N, T, S) at T = S = 512 on XLA:CPU.
+QUERY_BLOCK = 128
+
+
+def _rows(x: jax.Array | None, start: int, stop: int) -> jax.Array | None:
+    """Query rows [start, stop) of a (.., T|1, S) bias or mask (a broadcast T of 1 stays)."""
+    return x if x is None or x.shape[-2] == 1 else x[..., start:stop, :]
+
+
 def dot_product_attention(
     q: jax.Array,  # (B, T, N, H)
     k: jax.Array,  # (B, S, N, H), or (B, N, H, S) with heads_first
     v: jax.Array,  # (B, S, N, H), or (B, N, S, H) with heads_first
     *,
     bias: jax.Array | None = None,  # (1|B, N, T, S) float32
-    mask: jax.Array | None = None,  # (1|B, 1|N, T, S) bool
+    mask: jax.Array | None = None,  # (1|B, 1|N, T|1, S) bool
     dropout: nnx.Dropout | None = None,
     heads_first: bool = False,
 ) -> jax.Array:  # (B, T, N, H)
     """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling.
 
-    `heads_first` keys/values (the decoding caches' layout: keys already transposed) are read
-    as stored: for one query token against a long cache, XLA:CPU would otherwise transpose the
-    cache at every step, which costs up to 8x the attention itself.
+    Computed in blocks of `QUERY_BLOCK` queries (each block sees every key, so the result is
+    the same). `heads_first` keys/values (the decoding caches' layout: keys already transposed)
+    are read as stored: for one query token against a long cache, XLA:CPU would otherwise
+    transpose the cache at every step, which costs up to 8x the attention itself.
     """
+    length = q.shape[1]
+    if length > QUERY_BLOCK:
+        blocks = [
+            _attend(
+                q[:, i : i + QUERY_BLOCK],
+                k,
+                v,
+                _rows(bias, i, i + QUERY_BLOCK),
+                _rows(mask, i, i + QUERY_BLOCK),
+                dropout,
+                heads_first,
+            )
+            for i in range(0, length, QUERY_BLOCK)
+        ]
+        return jnp.concatenate(blocks, axis=1)
+    return _attend(q, k, v, bias, mask, dropout, heads_first)
+
+
+def _attend(q, k, v, bias, mask, dropout, heads_first):
     kv = "BNSH" if heads_first else "BSNH"
     scores = jnp.einsum(
         f"BTNH,{'BNHS' if heads_first else 'BSNH'}->BNTS",
