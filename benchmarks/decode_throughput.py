@@ -211,6 +211,27 @@ def hf_call(model, ids, mask, sampling, new_tokens, seed):
     return call
 
 
+def encoder_calls(ours, hf_model, ids, mask):
+    """Our jitted `encode` and HF's `model.encoder` on the same inputs: where a call's time
+    goes before the first step."""
+    import torch
+    from flax import nnx
+
+    graphdef, state = nnx.split(ours)
+    encode = jax.jit(lambda state, x, m: nnx.merge(graphdef, state).encode(x, m))
+    t_ids, t_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+    def ours_call():
+        return np.asarray(jax.block_until_ready(encode(state, ids, mask)))
+
+    def hf_call():
+        with torch.inference_mode():
+            return hf_model.encoder(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+
+    ours_call(), hf_call()  # compile, warm up
+    return [ours_call, hf_call]
+
+
 def time_interleaved(calls, repeats):
     """Median seconds of each call over `repeats` rounds, the calls alternating within a round
     so that both sides see the same machine load; also each call's last output."""
@@ -274,7 +295,7 @@ def main(argv=None):
         ours = hf.from_pretrained(tmp)
     print(f"HF attention implementation: {hf_model.config._attn_implementation}")
 
-    rows = []
+    rows, encoders = [], []
     for batch in args.batches:
         g = np.random.default_rng(args.seed + batch)
         ids = g.integers(3, cfg.vocab_size - 100, (batch, args.inputs_length)).astype(np.int32)
@@ -287,6 +308,10 @@ def main(argv=None):
             bandwidth=bandwidth,
             peak=peak,
         )
+        (ours_enc, hf_enc), _ = time_interleaved(
+            encoder_calls(ours, hf_model, ids, mask), args.repeats
+        )
+        encoders.append((batch, ours_enc, hf_enc, bound["bound_encoder_s"]))
         for case, sampling in CASES:
             setup = (ids, mask, sampling, args.new_tokens, args.seed)
             (ours_s, hf_s), (ours_tokens, hf_tokens) = time_interleaved(
@@ -329,6 +354,15 @@ def main(argv=None):
             f"| {r['hf_tokens_per_s']:,.1f} | {r['ratio']:.2f}x | {r['ours_s']:.3f} "
             f"| {r['hf_s']:.3f} | {r['ours_ms_per_step']:.2f} | {r['hf_ms_per_step']:.2f} "
             f"| {r['bound_s']:.4g} | {r['ours_of_bound']:.0%} | {r['hf_of_bound']:.0%} |"
+        )
+
+    print("\nthe encoder pass alone (seconds, median; part of every call above):\n")
+    print("| batch | ours | HF | ours / HF | bound (FLOPs / peak) |")
+    print("| --- " * 5 + "|")
+    for batch, ours_enc, hf_enc, bound_enc in encoders:
+        print(
+            f"| {batch} | {ours_enc:.3f} | {hf_enc:.3f} | {hf_enc / ours_enc:.2f}x "
+            f"| {bound_enc:.3f} |"
         )
 
     print(
