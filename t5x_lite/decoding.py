@@ -84,20 +84,11 @@ def _block_eos(logits, i, min_new_tokens, eos_id):
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "graphdef",
-        "max_new_tokens",
-        "min_new_tokens",
-        "eos_id",
-        "pad_id",
-        "start_id",
-        "temperature",
-        "top_k",
-        "top_p",
-    ),
-)
+# Compile-time arguments of both loops (a new value compiles a new program).
+_STATIC = ("graphdef", "max_new_tokens", "min_new_tokens", "eos_id", "pad_id", "start_id")
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "temperature", "top_k", "top_p"))
 def _sample_loop(
     graphdef,
     state,
@@ -158,19 +149,7 @@ def _repeat_rows(tree, n):
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "graphdef",
-        "max_new_tokens",
-        "min_new_tokens",
-        "eos_id",
-        "pad_id",
-        "start_id",
-        "num_beams",
-        "length_penalty",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "num_beams", "length_penalty"))
 def _beam_search(
     graphdef,
     state,

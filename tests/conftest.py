@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and float32 matmuls."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), float32 matmuls, and the
+fixtures several test files share: the shipped tokenizer and a tiny T5 in eval mode."""
 
 import os
 
@@ -10,3 +11,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tokenizer shipped with the embedded corpus (vocabulary 1024)."""
+    from t5x_lite import corpus, tokenizer
+
+    return tokenizer.load(corpus.DEFAULT_TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5():
+    """A random t5-tiny EncoderDecoder in eval mode."""
+    from t5x_lite import config, models
+
+    model = models.build(config.get_preset("t5-tiny"), seed=0)
+    model.eval()
+    return model

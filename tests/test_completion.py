@@ -7,22 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoint, completion, config, corpus, decoding, main, models, tokenizer
+from t5x_lite import checkpoint, completion, config, corpus, decoding, main, models
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer.load(corpus.DEFAULT_TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = models.build(config.get_preset("t5-tiny"), seed=0)
-    m.eval()
-    return m
-
-
-def test_long_prompts_are_truncated_or_rejected(tok, model, caplog):
+def test_long_prompts_are_truncated_or_rejected(tok, tiny_t5, caplog):
+    model = tiny_t5
     text = corpus.splits()["test"][0]["dialogue"]
     full = tok.encode(text)
     with caplog.at_level(logging.WARNING):
@@ -38,7 +27,8 @@ def test_long_prompts_are_truncated_or_rejected(tok, model, caplog):
         completion.encode_prompts(model, tok, ["hi", "  "], max_input_length=20)
 
 
-def test_batched_completions_equal_one_prompt_at_a_time(tok, model):
+def test_batched_completions_equal_one_prompt_at_a_time(tok, tiny_t5):
+    model = tiny_t5
     texts = ["Summarize: the bus was late.", "Hello", "How much is a ticket to Boston?"]
     ids, _ = completion.encode_prompts(model, tok, texts, max_input_length=64)
     batched = completion.complete(model, tok, ids, batch_size=2, max_new_tokens=7)
@@ -51,7 +41,8 @@ def test_batched_completions_equal_one_prompt_at_a_time(tok, model):
         np.testing.assert_allclose(got.logprob, logprobs[:n].sum(), rtol=1e-5)
 
 
-def test_generate_command(tok, model, tmp_path, capsys, monkeypatch):
+def test_generate_command(tok, tiny_t5, tmp_path, capsys, monkeypatch):
+    model = tiny_t5
     ckpt = checkpoint.save_model(tmp_path / "ckpt", model)
     texts = ["Summarize: the bus was late.", "Hello"]
     ids, _ = completion.encode_prompts(model, tok, texts, max_input_length=512)

@@ -7,7 +7,6 @@ import re
 import pytest
 
 from t5x_lite import config, corpus
-from t5x_lite import tokenizer as tk
 
 TURN_RE = re.compile(r"#Person([12])#: \S")
 
@@ -15,11 +14,6 @@ TURN_RE = re.compile(r"#Person([12])#: \S")
 @pytest.fixture(scope="module")
 def data():
     return corpus.splits()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tk.load(corpus.DEFAULT_TOKENIZER_DIR)
 
 
 def _salient(summary: str) -> list[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from t5x_lite import checkpoint, config, corpus, decoding, icl, main, models, prompts, tokenizer
+from t5x_lite import checkpoint, config, corpus, decoding, icl, main, models, prompts
 
 ROW_KEYS = {
     "shots", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_shots_fit", "num_examples",
@@ -15,18 +15,6 @@ ROW_KEYS = {
     "top_k", "top_p", "num_beams", "length_penalty", "seed",
 }  # fmt: skip
 ECHO = prompts.Template("echo", "{summary}", "", truncate_field="summary")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer.load(corpus.DEFAULT_TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    model = models.build(config.get_preset("t5-tiny"), seed=0)
-    model.eval()
-    return model
 
 
 def test_rouge_matches_rouge_score():
@@ -84,12 +72,12 @@ def _echo_generate(calls):
     return generate
 
 
-def test_evaluate_batches_pads_and_keeps_order(tok, tiny_model, monkeypatch):
+def test_evaluate_batches_pads_and_keeps_order(tok, tiny_t5, monkeypatch):
     calls = []
     monkeypatch.setattr(decoding, "generate", _echo_generate(calls))
     records = corpus.splits()["test"][:5]
     rows = icl.evaluate(
-        tiny_model, tok, records, shots=[0], template=ECHO, max_new_tokens=128, batch_size=2
+        tiny_t5, tok, records, shots=[0], template=ECHO, max_new_tokens=128, batch_size=2
     )
     # Every prediction is its own reference, so only a pipeline that kept rows apart and in
     # order (and cut them at EOS) scores 100.
@@ -114,13 +102,13 @@ def test_evaluate_decoder_only_prompts_leave_room_and_lack_eos(tok, monkeypatch)
     assert (input_ids[np.arange(len(lengths)), lengths - 1] != tok.eos_id).all()
 
 
-def test_evaluate_counts_skipped(tok, tiny_model, monkeypatch):
+def test_evaluate_counts_skipped(tok, tiny_t5, monkeypatch):
     monkeypatch.setattr(decoding, "generate", _echo_generate([]))
     records = corpus.splits()["test"][:4]
     lengths = [len(tok.encode(r["summary"])) for r in records]
     limit = sorted(lengths)[1]  # the two shortest fit (ties may let more through)
     rows = icl.evaluate(
-        tiny_model,
+        tiny_t5,
         tok,
         records,
         shots=[0],
@@ -133,16 +121,16 @@ def test_evaluate_counts_skipped(tok, tiny_model, monkeypatch):
     assert (rows[0]["num_skipped"], rows[0]["num_examples"]) == (skipped, 4 - skipped)
     assert rows[0]["rouge1"] == 100.0
     rows = icl.evaluate(
-        tiny_model, tok, records, shots=[0], template=ECHO, max_length=3, on_overflow="skip"
+        tiny_t5, tok, records, shots=[0], template=ECHO, max_length=3, on_overflow="skip"
     )
     assert rows[0]["num_skipped"] == 4 and rows[0]["rouge1"] is None
     assert "| 0 | - | - |" in icl.format_table(rows)
 
 
-def test_evaluate_tiny_model(tok, tiny_model):
+def test_evaluate_tiny_t5(tok, tiny_t5):
     records = corpus.splits()["test"][:3]
     rows = icl.evaluate(
-        tiny_model,
+        tiny_t5,
         tok,
         records,
         shots=(0, 1),
@@ -163,10 +151,10 @@ def test_evaluate_tiny_model(tok, tiny_model):
     assert len(table) == 4 and table[0].startswith("| shots | ROUGE-1 |")
 
 
-def test_evaluate_rejects_missing_target(tok, tiny_model):
+def test_evaluate_rejects_missing_target(tok, tiny_t5):
     record = {"dialogue": "#Person1#: Hi.", "_position": "d.jsonl:1"}
     with pytest.raises(KeyError, match="'summary'.*d.jsonl:1"):
-        icl.evaluate(tiny_model, tok, [record], shots=[0], pool=corpus.splits()["train"][:2])
+        icl.evaluate(tiny_t5, tok, [record], shots=[0], pool=corpus.splits()["train"][:2])
 
 
 def test_load_records_jsonl(tmp_path):
@@ -184,8 +172,8 @@ def test_load_records_jsonl(tmp_path):
     assert icl.parse_shots("0,1,4") == [0, 1, 4]
 
 
-def test_cli_writes_table(tmp_path, tiny_model, capsys):
-    ckpt = checkpoint.save_model(tmp_path / "ckpt", tiny_model)
+def test_cli_writes_table(tmp_path, tiny_t5, capsys):
+    ckpt = checkpoint.save_model(tmp_path / "ckpt", tiny_t5)
     out = tmp_path / "icl"
     argv = ["icl", "--model", str(ckpt), "--num-examples", "2", "--shots", "0,1"]
     argv += ["--max-new-tokens", "8", "--batch-size", "2", "--out", str(out)]

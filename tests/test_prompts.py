@@ -5,14 +5,9 @@ import random
 
 import pytest
 
-from t5x_lite import corpus, prompts, tokenizer
+from t5x_lite import corpus, prompts
 
 SUMMARIZE = "Summarize the following conversation."
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer.load(corpus.DEFAULT_TOKENIZER_DIR)
 
 
 @pytest.fixture(scope="module")
