@@ -325,7 +325,18 @@ def sample(key, logits, *, temperature: float, top_k: int = 0, top_p: float = 1.
     return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams):
+def check_flags(
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+) -> None:
+    """ValueError naming the first flag outside its allowed range (what `generate` checks)."""
+    del length_penalty  # any float
     checks = [
         (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
         (
@@ -378,7 +389,14 @@ def generate(
     Sampling applies temperature, then top-k, then top-p, as Hugging Face does; the same `rng`
     gives the same output. Bad flags raise ValueError naming the flag and its allowed range.
     """
-    _check_flags(max_new_tokens, min_new_tokens, temperature, top_k, top_p, num_beams)
+    check_flags(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_beams=num_beams,
+    )
     if not isinstance(model, (models.EncoderDecoder, models.DecoderOnly)):
         raise TypeError(
             f"generate needs an EncoderDecoder or DecoderOnly model, got {type(model).__name__}"

@@ -16,8 +16,6 @@ import logging
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "convert", "tokenizer")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5x-lite", description=__doc__.split("\n")[0])
@@ -248,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{tok.num_sentinels} sentinels)"
         )
     elif args.command == "generate":
-        from t5x_lite import completion
+        from t5x_lite import completion, decoding
 
+        decoding.check_flags(**_decoding_kwargs(args))  # before the model is loaded
         texts = _read_prompts(args)
         model, tok = _load_model(args)
         ids, _ = completion.encode_prompts(

@@ -69,3 +69,11 @@ def test_generate_command(tok, tiny_t5, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     with pytest.raises(ValueError, match="no prompts"):
         main.main(flags)
+
+
+def test_generate_command_checks_flags_before_loading(tmp_path):
+    missing = str(tmp_path / "no-model")  # the flag error comes first, not "no model at"
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        main.main(["generate", "--model", missing, "--prompt", "hi", "--top-p", "0"])
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        main.main(["generate", "--model", missing, "--prompt", "hi", "--num-beams", "0"])
