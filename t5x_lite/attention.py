@@ -134,13 +134,8 @@ def dot_product_attention(
 
 
 def _attend(q, k, v, bias, mask, dropout, heads_first):
-    kv = "BNSH" if heads_first else "BSNH"
-    scores = jnp.einsum(
-        f"BTNH,{'BNHS' if heads_first else 'BSNH'}->BNTS",
-        q,
-        k,
-        preferred_element_type=jnp.float32,
-    )
+    k_axes, v_axes = ("BNHS", "BNSH") if heads_first else ("BSNH", "BSNH")
+    scores = jnp.einsum(f"BTNH,{k_axes}->BNTS", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         scores = add_bias(scores, bias)
     if mask is not None:
@@ -148,7 +143,7 @@ def _attend(q, k, v, bias, mask, dropout, heads_first):
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     if dropout is not None:
         weights = dropout(weights)
-    return jnp.einsum(f"BNTS,{kv}->BTNH", weights, v)
+    return jnp.einsum(f"BNTS,{v_axes}->BTNH", weights, v)
 
 
 class MultiHeadAttention(nnx.Module):

@@ -314,15 +314,14 @@ def sample(key, logits, *, temperature: float, top_k: int = 0, top_p: float = 1.
         probs = jnp.exp(values - total)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
         values = jnp.where(before < top_p, values, -jnp.inf)  # HF's rule; the best always stays
-        if top_k == 0:  # the nucleus may reach past the candidates: fall back to the full sort
-            wide = jnp.any(before[:, -1] < top_p)
-            full = lambda: jax.random.categorical(key, filter_logits(logits, top_p=top_p), axis=-1)
-            fast = lambda: jnp.take_along_axis(
-                index, jax.random.categorical(key, values, axis=-1)[:, None], axis=-1
-            )[:, 0]
-            return jax.lax.cond(wide, full, fast).astype(jnp.int32)
-    choice = jax.random.categorical(key, values, axis=-1)
-    return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    pick = lambda: jnp.take_along_axis(
+        index, jax.random.categorical(key, values, axis=-1)[:, None], axis=-1
+    )[:, 0]
+    if top_p < 1 and top_k == 0:  # the nucleus may reach past the candidates: full sort then
+        wide = jnp.any(before[:, -1] < top_p)
+        full = lambda: jax.random.categorical(key, filter_logits(logits, top_p=top_p), axis=-1)
+        return jax.lax.cond(wide, full, pick).astype(jnp.int32)
+    return pick().astype(jnp.int32)
 
 
 def check_flags(

@@ -148,8 +148,18 @@ def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _decoding_kwargs(args) -> dict:
-    names = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "num_beams")
-    return {name: getattr(args, name) for name in (*names, "length_penalty")}
+    return {
+        name: getattr(args, name)
+        for name in (
+            "max_new_tokens",
+            "min_new_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "num_beams",
+            "length_penalty",
+        )
+    }
 
 
 def _load_model(args):
