@@ -302,12 +302,13 @@ def test_min_new_tokens_holds_back_eos():
 
 def test_similar_prompt_lengths_share_one_compilation():
     model = models.build(config.get_preset("t5-tiny"), seed=0)
-    before = decoding._sample_loop._cache_size()
+    loop = decoding._jitted(decoding._sample_loop, decoding._SAMPLE_STATIC)
+    before = loop._cache_size()
     for length in (9, 13, 16):  # one bucket: 16
         decoding.generate(model, np.full((2, length), 7), max_new_tokens=3)
-    assert decoding._sample_loop._cache_size() == before + 1
+    assert loop._cache_size() == before + 1
     decoding.generate(model, np.full((2, 17), 7), max_new_tokens=3)  # the next bucket: 32
-    assert decoding._sample_loop._cache_size() == before + 2
+    assert loop._cache_size() == before + 2
     assert decoding.bucket_length(3) == 16 and decoding.bucket_length(513) == 1024
 
 
