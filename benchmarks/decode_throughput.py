@@ -14,8 +14,8 @@ What it measures, in one process run, float32 on both sides:
   `save_pretrained` to a temp dir, and ours is loaded from that directory by
   `t5x_lite.hf.from_pretrained`. HF runs under `torch.inference_mode()` with
   `use_cache=True` and `torch.set_num_threads(--threads)` (default: the cores this process may
-  use); ours is `t5x_lite.decoding.generate` (the whole loop in one jit), with
-  `block_until_ready` on its outputs.
+  use); ours is `t5x_lite.decoding.generate` (the prompt pass, then the whole loop, each one
+  jitted program), with `block_until_ready` on its outputs.
 - Timing: one warm-up call per side and case (compiles ours), then the median of `--repeats`
   calls; ours and HF's calls alternate, so both see the same load on a shared machine.
   Reported per case: new tokens/s (batch x new tokens / seconds), seconds per call, ms per
@@ -212,9 +212,9 @@ def hf_call(model, ids, mask, sampling, new_tokens, seed):
 
 
 def encoder_calls(ours, hf_model, ids, mask):
-    """Our jitted `encode` compiled as `generate` compiles it (`decoding.compiler_options()`),
-    the same with XLA's default options, and HF's `model.encoder`, on the same inputs: where a
-    call's time goes before the first step."""
+    """Our jitted `encode` compiled as `generate` compiles its prompt pass
+    (`decoding.prompt_compiler_options()`), the same with XLA's default options, and HF's
+    `model.encoder`, on the same inputs: where a call's time goes before the first step."""
     import torch
     from flax import nnx
 
@@ -231,7 +231,7 @@ def encoder_calls(ours, hf_model, ids, mask):
         with torch.inference_mode():
             return hf_model.encoder(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
 
-    calls = [ours_call(decoding.compiler_options()), ours_call(None), hf_call]
+    calls = [ours_call(decoding.prompt_compiler_options()), ours_call(None), hf_call]
     for call in calls:
         call()  # compile, warm up
     return calls

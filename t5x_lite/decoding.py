@@ -14,8 +14,9 @@ cross-attention keys/values are projected once into the cache. `DecoderOnly`: th
 left-aligned (real tokens last; relative position bias sees only distances, so the shift is
 invisible) and prefilled in one pass. Each step then feeds one token through `model.decode` with
 the self-attention cache. Prompt lengths are padded up to a bucket (a power of two, at least
-16), so calls with similar lengths reuse one compiled program. Only `encode`, `decode` and
-`init_cache` are called: nothing here knows about tokenization.
+16), so calls with similar lengths reuse the compiled programs: the prompt pass (encoder and
+cross-attention K/V, or the decoder-only prefill) is one, the loop another. Only `encode`,
+`decode` and `init_cache` are called: nothing here knows about tokenization.
 """
 
 from __future__ import annotations
@@ -84,53 +85,57 @@ def _block_eos(logits, i, min_new_tokens, eos_id):
     )
 
 
-# Compile-time arguments of both loops (a new value compiles a new program).
-_STATIC = ("graphdef", "max_new_tokens", "min_new_tokens", "eos_id", "pad_id", "start_id")
+# Compile-time arguments of the programs (a new value compiles a new program).
+_PREFILL_STATIC = ("graphdef", "max_new_tokens", "start_id")
+_STATIC = ("graphdef", "max_new_tokens", "min_new_tokens", "eos_id", "pad_id")
 _SAMPLE_STATIC = (*_STATIC, "temperature", "top_k", "top_p")
 _BEAM_STATIC = (*_STATIC, "num_beams", "length_penalty")
 
 # XLA:CPU hands the YNNPACK library its dots and, by default, also reductions and the
-# elementwise producers of dots. In generation those fused reductions (RMS norms, softmaxes
-# over a few hundred scores) and the encoder's gated-MLP dots with their fused producers run
-# several times slower than XLA's own loops; with dots alone in YNNPACK the t5-small encoder
-# pass at batch 8 takes ~20% less time (benchmarks/decode_throughput.py, the encoder table).
-_CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-}
+# elementwise producers of dots. On a long prompt pass (t5-small's encoder at batch 8: 4096
+# tokens) those fused producers and reductions are slower than XLA's own loops, and the pass is
+# faster with YNNPACK limited to dots; on the one-token steps XLA's defaults are faster. So the
+# prompt pass is a program of its own, compiled with these options on CPU, and the loop keeps
+# the defaults (benchmarks/decode_throughput.py times the encoder both ways, side by side).
+_CPU_PROMPT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-def compiler_options() -> dict | None:
-    """XLA options the generation programs compile with on the default backend (None: XLA's
-    defaults); only XLA:CPU gets any."""
-    return dict(_CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+def prompt_compiler_options() -> dict | None:
+    """XLA options the prompt pass (encoder, or decoder-only prefill) compiles with on the
+    default backend; None (XLA's defaults) except on CPU."""
+    return dict(_CPU_PROMPT_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
 @functools.cache
-def _jitted(loop, static_argnames: tuple[str, ...]):
-    """`jax.jit(loop)` with `compiler_options()`, built on first use: the backend is known
-    then, and importing this module starts none (`jax.distributed.initialize` comes first)."""
-    return jax.jit(loop, static_argnames=static_argnames, compiler_options=compiler_options())
+def _jitted(program, static_argnames: tuple[str, ...], prompt: bool = False):
+    """`jax.jit(program)`, built on first use: the backend is known then, and importing this
+    module starts none (`jax.distributed.initialize` comes first)."""
+    options = prompt_compiler_options() if prompt else None
+    return jax.jit(program, static_argnames=static_argnames, compiler_options=options)
+
+
+def _prompt_pass(graphdef, state, input_ids, attention_mask, *, max_new_tokens, start_id):
+    return _prefill(nnx.merge(graphdef, state), input_ids, attention_mask, max_new_tokens, start_id)
 
 
 def _sample_loop(
     graphdef,
     state,
-    input_ids,
-    attention_mask,
+    logits,
+    cache,
+    context,
     rng,
     *,
     max_new_tokens,
     min_new_tokens,
     eos_id,
     pad_id,
-    start_id,
     temperature,
     top_k,
     top_p,
 ):
     model = nnx.merge(graphdef, state)
-    batch = input_ids.shape[0]
-    logits, cache, context = _prefill(model, input_ids, attention_mask, max_new_tokens, start_id)
+    batch = logits.shape[0]
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
     done = jnp.zeros((batch,), bool)
@@ -175,14 +180,14 @@ def _repeat_rows(tree, n):
 def _beam_search(
     graphdef,
     state,
-    input_ids,
-    attention_mask,
+    logits,
+    cache,
+    context,
     *,
     max_new_tokens,
     min_new_tokens,
     eos_id,
     pad_id,
-    start_id,
     num_beams,
     length_penalty,
 ):
@@ -192,8 +197,7 @@ def _beam_search(
     finished set if among the top num_beams; the best unfinished num_beams run on. A row stops
     once no running beam can beat its worst finished one at the current length."""
     model = nnx.merge(graphdef, state)
-    batch, beams, n = input_ids.shape[0], num_beams, max_new_tokens
-    logits, cache, context = _prefill(model, input_ids, attention_mask, n, start_id)
+    batch, beams, n = logits.shape[0], num_beams, max_new_tokens
     # Every beam of a row starts identical; only beam 0 may expand at the first step.
     logits, cache, context = _repeat_rows((logits, cache, context), beams)
     vocab = logits.shape[-1]
@@ -439,19 +443,23 @@ def generate(
     model = nnx.merge(*nnx.split(model))  # a view in eval mode; the caller's keeps its mode
     model.eval()
     graphdef, state = nnx.split(model)
-    common = dict(
+    logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC, prompt=True)(
+        graphdef,
+        state,
+        input_ids,
+        attention_mask,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        eos_id=eos_id,
-        pad_id=pad_id,
         start_id=model.config.decoder_start_token_id,
     )
+    common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+    common.update(eos_id=eos_id, pad_id=pad_id)
     if num_beams > 1:
         return _jitted(_beam_search, _BEAM_STATIC)(
             graphdef,
             state,
-            input_ids,
-            attention_mask,
+            logits,
+            cache,
+            context,
             num_beams=num_beams,
             length_penalty=float(length_penalty),
             **common,
@@ -459,8 +467,9 @@ def generate(
     return _jitted(_sample_loop, _SAMPLE_STATIC)(
         graphdef,
         state,
-        input_ids,
-        attention_mask,
+        logits,
+        cache,
+        context,
         jax.random.key(0) if rng is None else rng,
         temperature=float(temperature),
         top_k=int(top_k),
