@@ -350,6 +350,18 @@ def sample(key, logits, *, temperature: float, top_k: int = 0, top_p: float = 1.
     return pick().astype(jnp.int32)
 
 
+# The decoding flags `check_flags` takes (and `generate`, with the model and prompts).
+FLAGS = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_beams",
+    "length_penalty",
+)
+
+
 def check_flags(
     *,
     max_new_tokens: int,
@@ -451,8 +463,9 @@ def generate(
         max_new_tokens=max_new_tokens,
         start_id=model.config.decoder_start_token_id,
     )
-    common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
-    common.update(eos_id=eos_id, pad_id=pad_id)
+    common = dict(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_id=eos_id, pad_id=pad_id
+    )
     if num_beams > 1:
         return _jitted(_beam_search, _BEAM_STATIC)(
             graphdef,

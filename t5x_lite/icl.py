@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from rouge_score import rouge_scorer
 
-from t5x_lite import completion, prompts
+from t5x_lite import completion, decoding, prompts
 from t5x_lite import data as data_lib
 
 log = logging.getLogger(__name__)
@@ -115,18 +115,7 @@ def evaluate(
         "length_penalty": length_penalty,
         "seed": seed,
     }
-    generation = {
-        k: settings[k]
-        for k in (
-            "max_new_tokens",
-            "min_new_tokens",
-            "temperature",
-            "top_k",
-            "top_p",
-            "num_beams",
-            "length_penalty",
-        )
-    }
+    generation = {k: settings[k] for k in decoding.FLAGS}
 
     rows = []
     for k in shots:

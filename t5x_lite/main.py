@@ -148,18 +148,9 @@ def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _decoding_kwargs(args) -> dict:
-    return {
-        name: getattr(args, name)
-        for name in (
-            "max_new_tokens",
-            "min_new_tokens",
-            "temperature",
-            "top_k",
-            "top_p",
-            "num_beams",
-            "length_penalty",
-        )
-    }
+    from t5x_lite import decoding
+
+    return {name: getattr(args, name) for name in decoding.FLAGS}
 
 
 def _load_model(args):
