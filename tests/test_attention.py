@@ -94,3 +94,21 @@ def test_query_blocks_match_loop_and_gradients(monkeypatch):
     got = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
     chex.assert_trees_all_close(np.asarray(got), _naive_attention(q, k, v, bias, mask), atol=1e-5)
     chex.assert_trees_all_close(jax.grad(loss, (0, 1, 2, 3))(q, k, v, bias), whole, atol=1e-5)
+
+
+def test_one_query_heads_first_matches_loop():
+    """A decoding step (one query against heads-first caches, summed by halving) equals the
+    naive loop, for key counts that are and are not powers of two."""
+    g = np.random.default_rng(2)
+    for s in (1, 5, 8, 13):
+        q = g.normal(size=(3, 1, 2, 4)).astype(np.float32)
+        k, v = (g.normal(size=(3, s, 2, 4)).astype(np.float32) for _ in range(2))
+        bias = g.normal(size=(1, 2, 1, s)).astype(np.float32)
+        mask = np.ones((3, 1, 1, s), bool)
+        mask[1, 0, 0, 0] = s == 1  # a masked key (none when it is the only one)
+        got = attention.dot_product_attention(
+            q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), bias=bias, mask=mask,
+            heads_first=True,
+        )  # fmt: skip
+        want = _naive_attention(q, k, v, bias, mask)
+        chex.assert_trees_all_close(np.asarray(got), want, atol=1e-5)
