@@ -97,8 +97,8 @@ def test_query_blocks_match_loop_and_gradients(monkeypatch):
 
 
 def test_one_query_heads_first_matches_loop():
-    """A decoding step (one query against heads-first caches, summed by halving) equals the
-    naive loop, for key counts that are and are not powers of two."""
+    """A decoding step (one query against the caches' heads-first layouts) equals the naive
+    loop."""
     g = np.random.default_rng(2)
     for s in (1, 5, 8, 13):
         q = g.normal(size=(3, 1, 2, 4)).astype(np.float32)
