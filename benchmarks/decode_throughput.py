@@ -56,7 +56,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5x_lite import config, decoding, flops, hf  # noqa: E402
+from t5x_lite import config, decoding, flops, hf, hostmem  # noqa: E402
 
 FULL = dict(preset="t5-small", inputs_length=512, new_tokens=64, repeats=7, bandwidth_mib=1024)
 QUICK = dict(preset="t5-tiny", inputs_length=64, new_tokens=8, repeats=2, bandwidth_mib=128)
@@ -274,6 +274,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    retained = hostmem.retain_freed_memory()  # first, as the CLI does: before any threads
     import torch
 
     args = parse_args(argv)
@@ -294,6 +295,7 @@ def main(argv=None):
         + f" GB/s -> using {bandwidth / 1e9:.1f} GB/s"
     )
     print(f"float32 matmul peak (t5x_lite.flops.measure_matmul_peak): {peak / 1e9:.1f} GFLOP/s")
+    print(f"glibc malloc keeps freed memory (t5x_lite.hostmem, both sides): {retained}")
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = save_random_hf(cfg, tmp, seed=args.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from objectives import seq2seq  # noqa: E402
-from t5x_lite import config, flops, hf, models, steps  # noqa: E402
+from t5x_lite import config, flops, hf, hostmem, models, steps  # noqa: E402
 
 
 def batch_for(cfg, batch, s, t, seed=0):
@@ -34,6 +35,11 @@ def batch_for(cfg, batch, s, t, seed=0):
     targets = g.integers(3, cfg.vocab_size - 100, (batch, t)).astype(np.int32)
     decoder_inputs = np.asarray(models.shift_right(targets))
     return {"inputs": inputs, "targets": targets, "decoder_inputs": decoder_inputs}
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel mapped in and zeroed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_ours(model, batch, n_steps):
@@ -48,13 +54,13 @@ def time_ours(model, batch, n_steps):
     batch = jax.device_put(batch)
     state, m = step(state, batch)  # compile
     jax.block_until_ready(m)
-    times = []
+    times, faults = [], _minor_faults()
     for _ in range(n_steps):
         start = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(m["loss"])
+    return float(np.median(times)), float(m["loss"]), (_minor_faults() - faults) / n_steps
 
 
 def time_hf(path, batch, n_steps):
@@ -75,12 +81,12 @@ def time_hf(path, batch, n_steps):
         return loss
 
     step()
-    times = []
+    times, faults = [], _minor_faults()
     for _ in range(n_steps):
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(loss)
+    return float(np.median(times)), float(loss), (_minor_faults() - faults) / n_steps
 
 
 def main():
@@ -92,10 +98,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
 
+    retained = hostmem.retain_freed_memory()  # first, as the CLI does: before any threads
     peak = flops.measure_matmul_peak()
     print(
         f"devices: {jax.devices()}  torch threads: {__import__('torch').get_num_threads()}  "
-        f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s"
+        f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s\n"
+        f"glibc malloc keeps freed memory (t5x_lite.hostmem, both sides): {retained}"
     )
     rows = []
     for name in args.presets.split(","):
@@ -104,21 +112,23 @@ def main():
         batch = batch_for(cfg, args.batch, args.inputs_length, args.targets_length)
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(model, tmp)
-            hf_time, hf_loss = time_hf(tmp, batch, args.steps)
-        ours_time, ours_loss = time_ours(model, batch, args.steps)
+            hf_time, hf_loss, hf_faults = time_hf(tmp, batch, args.steps)
+        ours_time, ours_loss, ours_faults = time_ours(model, batch, args.steps)
         tokens = args.batch * (args.inputs_length + args.targets_length)
         model_flops = args.batch * flops.train_flops_per_example(
             cfg, inputs_length=args.inputs_length, targets_length=args.targets_length
         )
         rows.append(
-            (
-                name,
-                tokens / ours_time,
-                tokens / hf_time,
-                hf_time / ours_time,
-                model_flops / ours_time / peak,
-                ours_loss,
-                hf_loss,
+            dict(
+                name=name,
+                ours=tokens / ours_time,
+                hf=tokens / hf_time,
+                ratio=hf_time / ours_time,
+                mfu=model_flops / ours_time / peak,
+                ours_faults=ours_faults,
+                hf_faults=hf_faults,
+                ours_loss=ours_loss,
+                hf_loss=hf_loss,
             )
         )
 
@@ -126,13 +136,19 @@ def main():
         f"\nbatch {args.batch}, inputs {args.inputs_length}, targets {args.targets_length}, "
         f"float32, AdamW; median of {args.steps} steps\n"
     )
-    print("| preset | ours tokens/s | HF PyTorch tokens/s | ours / HF | ours MFU vs matmul peak |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, ours, theirs, ratio, mfu, *_ in rows:
-        print(f"| {name} | {ours:,.0f} | {theirs:,.0f} | {ratio:.2f}x | {mfu:.0%} |")
+    print(
+        "| preset | ours tokens/s | HF PyTorch tokens/s | ours / HF | ours MFU vs matmul peak "
+        "| page faults / step, ours | page faults / step, HF |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['name']} | {r['ours']:,.0f} | {r['hf']:,.0f} | {r['ratio']:.2f}x "
+            f"| {r['mfu']:.0%} | {r['ours_faults']:,.0f} | {r['hf_faults']:,.0f} |"
+        )
     print(
         "\n(first-step losses, ours vs HF, as a sanity check: "
-        + ", ".join(f"{r[0]}: {r[5]:.3f} / {r[6]:.3f}" for r in rows)
+        + ", ".join(f"{r['name']}: {r['ours_loss']:.3f} / {r['hf_loss']:.3f}" for r in rows)
         + ")"
     )
 

@@ -194,6 +194,9 @@ def _read_prompts(args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from t5x_lite import hostmem
+
+    hostmem.retain_freed_memory()  # first: before JAX starts the threads that allocate
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
