@@ -91,27 +91,12 @@ _STATIC = ("graphdef", "max_new_tokens", "min_new_tokens", "eos_id", "pad_id")
 _SAMPLE_STATIC = (*_STATIC, "temperature", "top_k", "top_p")
 _BEAM_STATIC = (*_STATIC, "num_beams", "length_penalty")
 
-# XLA:CPU hands the YNNPACK library its dots and, by default, also reductions and the
-# elementwise producers of dots. On a long prompt pass (t5-small's encoder at batch 8: 4096
-# tokens) those fused producers and reductions are slower than XLA's own loops, and the pass is
-# faster with YNNPACK limited to dots; on the one-token steps XLA's defaults are faster. So the
-# prompt pass is a program of its own, compiled with these options on CPU, and the loop keeps
-# the defaults (benchmarks/decode_throughput.py times the encoder both ways, side by side).
-_CPU_PROMPT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-def prompt_compiler_options() -> dict | None:
-    """XLA options the prompt pass (encoder, or decoder-only prefill) compiles with on the
-    default backend; None (XLA's defaults) except on CPU."""
-    return dict(_CPU_PROMPT_OPTIONS) if jax.default_backend() == "cpu" else None
-
 
 @functools.cache
-def _jitted(program, static_argnames: tuple[str, ...], prompt: bool = False):
-    """`jax.jit(program)`, built on first use: the backend is known then, and importing this
-    module starts none (`jax.distributed.initialize` comes first)."""
-    options = prompt_compiler_options() if prompt else None
-    return jax.jit(program, static_argnames=static_argnames, compiler_options=options)
+def _jitted(program, static_argnames: tuple[str, ...]):
+    """`jax.jit(program)`, built on first use, so that importing this module starts no backend
+    (`jax.distributed.initialize` comes first)."""
+    return jax.jit(program, static_argnames=static_argnames)
 
 
 def _prompt_pass(graphdef, state, input_ids, attention_mask, *, max_new_tokens, start_id):
@@ -455,7 +440,7 @@ def generate(
     model = nnx.merge(*nnx.split(model))  # a view in eval mode; the caller's keeps its mode
     model.eval()
     graphdef, state = nnx.split(model)
-    logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC, prompt=True)(
+    logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC)(
         graphdef,
         state,
         input_ids,
