@@ -10,8 +10,10 @@ them for both sides.
 
 `retain_freed_memory()` sets glibc's malloc to one arena, no `mmap` at all (the heap grows
 instead) and no trimming, so freed memory stays mapped and the next step reuses it. The
-process's resident memory then stays at its peak. The `t5x-lite` CLI, the benchmarks and the
-tests call it first thing; a notebook can too (before the first JAX computation).
+process's resident memory then stays at its peak. The `t5x-lite` CLI and the benchmarks call it
+first thing; a notebook can too (before the first JAX computation). It pays where steps repeat;
+a workload of many small compilations and few steps (this test suite) ran about a third slower
+with it, every compiler thread allocating from the one arena, so the tests leave it off.
 `T5X_LITE_RETAIN_HOST_MEMORY=0` turns it off. Elsewhere than Linux with glibc it does nothing.
 
     from t5x_lite import hostmem

@@ -8,10 +8,6 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from t5x_lite import hostmem  # noqa: E402
-
-hostmem.retain_freed_memory()
-
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
