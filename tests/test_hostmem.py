@@ -1,11 +1,11 @@
 """hostmem.retain_freed_memory: a freed XLA:CPU buffer is reused, not faulted in afresh.
 
-Each case runs in a fresh process (malloc settings are process-wide, and this test process
-has them already): a jitted function whose temporaries (a cumulative sum) are at least 64 MiB
-runs in rounds of three calls, and the process counts its minor page faults per call in its
-best round (the heap may take a round or two to grow to the program's needs). Without the
-settings glibc serves such blocks with mmap and unmaps them on free, so every run faults in at
-least those 16,384 pages again.
+Each case runs in a fresh process (malloc settings are process-wide and take effect only
+before the threads that allocate start): a jitted function whose temporaries (a cumulative
+sum) are at least 64 MiB runs in rounds of three calls, and the process counts its minor page
+faults per call in its best round (the heap may take a round or two to grow to the program's
+needs). Without the settings glibc serves such blocks with mmap and unmaps them on free, so
+every run faults in at least those 16,384 pages again.
 """
 
 import os
