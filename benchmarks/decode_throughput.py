@@ -197,12 +197,13 @@ def matmul_only_step_s(model, batch, new_tokens, repeats):
         return jax.lax.fori_loop(0, new_tokens, step, h)
 
     h = jnp.ones((batch, d), model.config.dtype)
-    seconds = []
-    for _ in range(repeats + 1):  # the first call compiles
-        start = time.perf_counter()
-        loop(h, mats).block_until_ready()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:]) / new_tokens
+
+    def call():
+        return loop(h, mats).block_until_ready()
+
+    call()  # compile
+    (seconds,), _ = time_interleaved([call], repeats)
+    return seconds / new_tokens
 
 
 # ----------------------------------------------------------------------------- models
@@ -458,7 +459,7 @@ def main(argv=None):
             most_of_bound=b["bound_s"] / (c["ours_encoder_s"] + steps_s),
             most_of_bound_encoder_at_bound=b["bound_s"] / (b["bound_encoder_s"] + steps_s),
         )
-        weights_gbs = (b["weight_bytes_per_step"]) / c["step_s"] / 1e9
+        weights_gbs = b["weight_bytes_per_step"] / c["step_s"] / 1e9
         print(
             f"| {c['batch']} | {1e3 * c['step_s']:.2f} | {weights_gbs:.1f} | {1e3 * loop_s:.2f} "
             f"| {c['most_of_bound']:.0%} | {c['most_of_bound_encoder_at_bound']:.0%} |"

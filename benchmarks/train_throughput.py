@@ -151,10 +151,10 @@ def main():
     print("| --- " * 10 + "|")
     for r in rows:
         goal = GOAL_RATIO.get(r["name"])
-        needs = "" if goal is None else f"{goal:g}x | {goal * r['hf_mfu']:.0%}"
+        needs = " | " if goal is None else f"{goal:g}x | {goal * r['hf_mfu']:.0%}"
         print(
             f"| {r['name']} | {r['ours']:,.0f} | {r['hf']:,.0f} | {r['ratio']:.2f}x "
-            f"| {r['mfu']:.0%} | {r['hf_mfu']:.0%} | {needs or ' | '} "
+            f"| {r['mfu']:.0%} | {r['hf_mfu']:.0%} | {needs} "
             f"| {r['ours_faults']:,.0f} | {r['hf_faults']:,.0f} |"
         )
     print(
