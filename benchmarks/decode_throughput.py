@@ -36,7 +36,8 @@ What it measures, in one process run, float32 on both sides:
   is reported as a fraction of its bound (bound / measured): 100% would be the roofline.
 - Matmul-only loop, per batch: a jitted loop of the same number of steps whose step does only
   the decoder's weight products (self-attention q, k, v, o; cross-attention q, o; the MLP; the
-  LM head; with the step's dependencies) on a (batch, D) activation, timed alone. Its time
+  LM head; with the step's dependencies; each product in the layout our loop uses,
+  `layers.project` in `layers.decoding_step`) on a (batch, D) activation, timed alone. Its time
   per step is what XLA's matrix products by themselves cost our loop on this machine; the
   script reports the most of the bound a generator whose loop cost only that could reach
   (with our measured encoder pass, and with an encoder at its bound).
@@ -62,7 +63,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5x_lite import config, decoding, flops, hf, hostmem  # noqa: E402
+from t5x_lite import config, decoding, flops, hf, hostmem, layers  # noqa: E402
 
 FULL = dict(preset="t5-small", inputs_length=512, new_tokens=64, repeats=7, bandwidth_mib=1024)
 QUICK = dict(preset="t5-tiny", inputs_length=64, new_tokens=8, repeats=2, bandwidth_mib=128)
@@ -152,14 +153,17 @@ def roofline(cfg, *, batch, inputs_length, new_tokens, bandwidth, peak) -> dict:
 def step_products(model):
     """The weight matrices one decoding step multiplies by, as (matrix, contracted axis) pairs
     grouped by shared input, in the order the step applies them: per decoder layer the
-    self-attention q, k, v, then o; cross-attention q, then o (its keys and values are
-    projected once, in the prompt pass); the MLP's input projection(s), then wo; last the LM
-    head (the (V, D) embedding when tied). 2-D views of the stored arrays."""
+    self-attention q, k, v (stacked into one matrix, as the loop does), then o; cross-attention
+    q, then o (its keys and values are projected once, in the prompt pass); the MLP's input
+    projection(s), then wo; last the LM head (the (V, D) embedding when tied). 2-D views."""
     groups = []
     for layer in model.decoder.layers:
-        for attn, inputs in ((layer.self_attn, "qkv"), (layer.cross_attn, "q")):
-            groups.append([(getattr(attn, n)[...].reshape(attn.q.shape[0], -1), 0) for n in inputs])
-            groups.append([(attn.o[...].reshape(-1, attn.o.shape[-1]), 0)])
+        a, c = layer.self_attn, layer.cross_attn
+        qkv = jnp.stack([a.q[...], a.k[...], a.v[...]], axis=1)
+        groups.append([(qkv.reshape(qkv.shape[0], -1), 0)])
+        groups.append([(a.o[...].reshape(-1, a.o.shape[-1]), 0)])
+        groups.append([(c.q[...].reshape(c.q.shape[0], -1), 0)])
+        groups.append([(c.o[...].reshape(-1, c.o.shape[-1]), 0)])
         mlp = layer.mlp
         groups.append([(w.kernel[...], 0) for w in (mlp.wi, mlp.wi_0, mlp.wi_1) if w is not None])
         groups.append([(mlp.wo.kernel[...], 0)])
@@ -174,7 +178,8 @@ def matmul_only_step_s(model, batch, new_tokens, repeats):
     """Seconds per step of a jitted loop that does nothing but a decoding step's weight
     products (`step_products`, with the step's dependencies: a group's products share one
     input, each group waits for the one before) on a (batch, D) activation: no attention, norms,
-    cache or sampling. What XLA's matrix products alone cost our loop on this machine."""
+    cache or sampling. Each product is `layers.project` in its decoding-step layout, as in our
+    loop. What XLA's matrix products alone cost our loop on this machine."""
     groups = step_products(model)
     axes = [[axis for _, axis in g] for g in groups]
     mats = [[m.astype(model.config.dtype) for m, _ in g] for g in groups]
@@ -183,15 +188,16 @@ def matmul_only_step_s(model, batch, new_tokens, repeats):
     def product(h, m, axis):
         k = m.shape[axis]
         x = jnp.tile(h, (1, -(-k // d)))[:, :k]
-        return jax.lax.dot_general(x, m, (((1,), (axis,)), ((), ())))
+        return layers.project(x, m, vocab_major=axis == 1)
 
     @jax.jit
     def loop(h, mats):
         def step(_, h):
-            for group, group_axes in zip(mats, axes, strict=True):
-                ys = [product(h, m, a) for m, a in zip(group, group_axes, strict=True)]
-                # Every output element feeds the next input, so none is dead code.
-                h = h + 1e-6 * sum(jnp.sum(y, axis=-1, keepdims=True) for y in ys)
+            with layers.decoding_step():
+                for group, group_axes in zip(mats, axes, strict=True):
+                    ys = [product(h, m, a) for m, a in zip(group, group_axes, strict=True)]
+                    # Every output element feeds the next input, so none is dead code.
+                    h = h + 1e-6 * sum(jnp.sum(y, axis=-1, keepdims=True) for y in ys)
             return h
 
         return jax.lax.fori_loop(0, new_tokens, step, h)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t5x_lite import layers
 from t5x_lite.layers import normal, param
 
 # Large finite negative: a fully masked row stays finite (uniform) instead of NaN.
@@ -201,12 +202,26 @@ class MultiHeadAttention(nnx.Module):
         kv: dict | None = None,  # {"k", "v"} projected already (cross-attention), as the cache
     ) -> jax.Array | tuple[jax.Array, dict]:
         x = x.astype(self.dtype)
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
         decoding = cache is not None or kv is not None  # caches are laid out heads first
-        if kv is not None:
-            k, v = kv["k"], kv["v"]
+        b, t, _ = x.shape
+        n, hd = self.q.shape[1:]
+        step = decoding and layers.step_layouts(b * t)  # one decoding step, on CPU
+        if step and kv is None and kv_input is None:
+            # One product for q, k and v: the three kernels stacked (once, before the loop).
+            w = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
+            qkv = layers.project(x, w.reshape(w.shape[0], -1)).reshape(b, t, 3, n, hd)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # heads first
         else:
-            k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
+            if step:
+                q = layers.project(x, self.q[...].astype(self.dtype).reshape(-1, n * hd))
+                q = q.reshape(b, t, n, hd)
+            else:
+                q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
+            if kv is not None:
+                k, v = kv["k"], kv["v"]
+            else:
+                k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
             k = jax.lax.dynamic_update_slice(
@@ -226,9 +241,8 @@ class MultiHeadAttention(nnx.Module):
             heads_first=decoding,
         )
         if decoding:  # a plain (B*T, N*H) x (N*H, D) matmul: the kernel is read as stored
-            b, t, n, hd = h.shape
             o = self.o[...].astype(self.dtype).reshape(n * hd, -1)
-            out = (h.reshape(b * t, n * hd) @ o).reshape(b, t, -1)
+            out = layers.project(h.reshape(b, t, n * hd), o)
         else:
             out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
         return out if cache is None else (out, cache)

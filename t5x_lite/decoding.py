@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import models
+from t5x_lite import layers, models
 
 _NEG = -1.0e9  # Hugging Face's "removed" beam score
 
@@ -68,11 +68,15 @@ def _prefill(model, input_ids, attention_mask, max_new_tokens, start_id):
 
 
 def _step(model, tokens, cache, context):
-    """Feed one token per row: (B,) -> next logits (B, V), new cache."""
-    if isinstance(model, models.EncoderDecoder):
-        logits, cache = model.decode(tokens[:, None], None, context["encoder_mask"], cache=cache)
-    else:
-        logits, cache = model.decode(tokens[:, None], context["slots"], cache=cache)
+    """Feed one token per row: (B,) -> next logits (B, V), new cache. Traced inside the loops,
+    with the weight products in their decoding-step layouts (`layers.decoding_step`)."""
+    with layers.decoding_step():
+        if isinstance(model, models.EncoderDecoder):
+            logits, cache = model.decode(
+                tokens[:, None], None, context["encoder_mask"], cache=cache
+            )
+        else:
+            logits, cache = model.decode(tokens[:, None], context["slots"], cache=cache)
     return logits[:, -1], cache
 
 
@@ -99,8 +103,18 @@ def _jitted(program, static_argnames: tuple[str, ...]):
     return jax.jit(program, static_argnames=static_argnames)
 
 
+def _eval_model(graphdef, state):
+    """The model in eval mode (no dropout), made inside the traced programs: the caller's
+    model keeps its mode, and a call costs no host-side copy of the module graph."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    return model
+
+
 def _prompt_pass(graphdef, state, input_ids, attention_mask, *, max_new_tokens, start_id):
-    return _prefill(nnx.merge(graphdef, state), input_ids, attention_mask, max_new_tokens, start_id)
+    return _prefill(
+        _eval_model(graphdef, state), input_ids, attention_mask, max_new_tokens, start_id
+    )
 
 
 def _sample_loop(
@@ -119,7 +133,7 @@ def _sample_loop(
     top_k,
     top_p,
 ):
-    model = nnx.merge(graphdef, state)
+    model = _eval_model(graphdef, state)
     batch = logits.shape[0]
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
@@ -181,7 +195,7 @@ def _beam_search(
     max_new_tokens) are scored sum(logprobs) / length**length_penalty and merged into the
     finished set if among the top num_beams; the best unfinished num_beams run on. A row stops
     once no running beam can beat its worst finished one at the current length."""
-    model = nnx.merge(graphdef, state)
+    model = _eval_model(graphdef, state)
     batch, beams, n = logits.shape[0], num_beams, max_new_tokens
     # Every beam of a row starts identical; only beam 0 may expand at the first step.
     logits, cache, context = _repeat_rows((logits, cache, context), beams)
@@ -437,9 +451,7 @@ def generate(
         empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
         raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
     input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
-    model = nnx.merge(*nnx.split(model))  # a view in eval mode; the caller's keeps its mode
-    model.eval()
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model)  # the programs run it in eval mode (_eval_model)
     logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC)(
         graphdef,
         state,

@@ -11,7 +11,9 @@ Shapes: B batch, T length, D d_model, F d_ff, V vocab.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,62 @@ def normal(stddev: float) -> Initializer:
     return jax.nn.initializers.normal(stddev=stddev)
 
 
+# ----------------------------------------------------------------------------- decoding steps
+
+# Rows up to which `project` uses its decoding-step layouts (measured up to 32: see below).
+DECODING_STEP_MAX_ROWS = 64
+_decoding_step = [False]
+
+
+@contextlib.contextmanager
+def decoding_step() -> Iterator[None]:
+    """Trace-time context that `decoding`'s loops enter while tracing one step (one new token
+    per row): inside it, on CPU, `project` multiplies few rows by a weight matrix in the layout
+    XLA:CPU streams fastest. Outside it, `project` is a plain product."""
+    outer = _decoding_step[0]
+    _decoding_step[0] = True
+    try:
+        yield
+    finally:
+        _decoding_step[0] = outer
+
+
+def step_layouts(rows: int) -> bool:
+    """Whether `project` uses its decoding-step layouts for a product of `rows` rows here."""
+    return _decoding_step[0] and rows <= DECODING_STEP_MAX_ROWS and jax.default_backend() == "cpu"
+
+
+def _materialized(w: jax.Array) -> jax.Array:
+    """`w` as an array of its own in its logical layout (the barrier keeps XLA from folding a
+    transposed view back into the product that reads it). Inside a decoding loop the weights
+    are loop-invariant, so XLA computes this once, before the loop."""
+    return jax.lax.optimization_barrier(w)
+
+
+def project(x: jax.Array, kernel: jax.Array, *, vocab_major: bool = False) -> jax.Array:
+    """x (..., K) times a weight matrix: kernel (K, N), or (N, K) with `vocab_major` (the tied
+    embedding) -> (..., N).
+
+    Inside `decoding_step()` on CPU with at most `DECODING_STEP_MAX_ROWS` rows, the product is
+    arranged for how XLA:CPU reads a weight matrix from memory (benchmarks/decode_throughput.py
+    measures the effect end to end): one row reads it fastest as a (K, N) matrix on the right
+    (a tied embedding is copied to (D, V) for that), several rows as an (N, K) matrix on the
+    left of the transposed rows, `(W x^T)^T` (other kernels are copied to (N, K) for that).
+    The copies are made once per loop, before it, and cost the memory of those weights.
+    """
+    w = kernel.T if vocab_major else kernel  # (K, N) view
+    rows = math.prod(x.shape[:-1])
+    if not step_layouts(rows):
+        return jnp.einsum("...k,kn->...n", x, w)
+    x2 = x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        y = x2 @ (_materialized(w) if vocab_major else w)
+    else:
+        w_left = kernel if vocab_major else _materialized(w.T)  # (N, K)
+        y = jax.lax.optimization_barrier(w_left @ jax.lax.optimization_barrier(x2.T)).T
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class RMSNorm(nnx.Module):
     """T5 LayerNorm: scale * x / sqrt(mean(x**2) + eps); no mean subtraction, no bias."""
 
@@ -72,7 +130,7 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V)
-        return jnp.einsum("BTD,VD->BTV", x, self.embedding[...].astype(self.dtype))
+        return project(x, self.embedding[...].astype(self.dtype), vocab_major=True)
 
 
 class Dense(nnx.Module):
@@ -99,7 +157,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = project(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

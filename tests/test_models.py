@@ -1,5 +1,7 @@
 """Shapes, dtypes, masks, caches and presets of the three assemblies (tiny configs)."""
 
+import contextlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from t5x_lite import config, models
+from t5x_lite import config, layers, models
 
 B, S, T = 2, 9, 6
 
@@ -112,27 +114,42 @@ def test_prefix_lm_sees_the_whole_prefix():
     chex.assert_trees_all_close(model(x)[0, 0], model(changed)[0, 0])
 
 
-@pytest.mark.parametrize("name", ["t5-tiny", "t5-tiny+cross-cache", "decoder-tiny"])
-def test_cached_decoding_equals_full_forward(name):
+@pytest.mark.parametrize(
+    "name, batch",
+    [
+        ("t5-tiny", B),
+        ("t5-tiny+cross-cache", B),
+        ("decoder-tiny", B),
+        # one-token steps traced as the decoding loops trace them (layers.decoding_step):
+        # one row, and several rows, take different product layouts on CPU
+        ("t5-tiny+cross-cache+step", 1),
+        ("t5-tiny+cross-cache+step", 3),
+        ("decoder-tiny+step", 1),
+        ("decoder-tiny+step", 3),
+    ],
+)
+def test_cached_decoding_equals_full_forward(name, batch):
     model = tiny(name.split("+")[0])
-    y = ids((B, T), 5)
-    cache = model.init_cache(B, T + 2)
+    y = ids((batch, T), 5)
+    cache = model.init_cache(batch, T + 2)
     if name.startswith("t5-tiny"):
-        x = ids((B, S))
+        x = ids((batch, S))
         encoded = model.encode(x)
         full = model.decode(y, encoded)
         if name.endswith("cross-cache"):  # cross-attention K/V projected once, encoded unused
-            cache = model.init_cache(B, T + 2, encoded=encoded)
+            cache = model.init_cache(batch, T + 2, encoded=encoded)
             encoded = None
         step = lambda tok, cache: model.decode(tok, encoded, cache=cache)
     else:
         full = model(y)
         step = lambda tok, cache: model.decode(tok, cache=cache)
+    one_token = layers.decoding_step if name.endswith("+step") else contextlib.nullcontext
     # a 2-token prefill, then one token at a time
     logits, cache = step(y[:, :2], cache)
     outs = [logits]
     for t in range(2, T):
-        logits, cache = step(y[:, t : t + 1], cache)
+        with one_token():
+            logits, cache = step(y[:, t : t + 1], cache)
         outs.append(logits)
     chex.assert_trees_all_close(jnp.concatenate(outs, axis=1), full, atol=1e-5)
     assert int(cache["index"]) == T
