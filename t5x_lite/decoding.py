@@ -80,6 +80,17 @@ def _step(model, tokens, cache, context):
     return logits[:, -1], cache
 
 
+def _argmax(logits):
+    """jnp.argmax over the last axis (the first index of the largest value), as two vectorised
+    reductions, max then the least index holding it: XLA:CPU's fused index-tracking reduce
+    takes about 3-5x as long over a vocabulary. (B, V) -> (B,) int32; a row without a largest
+    value (NaN) gives the last index."""
+    vocab = logits.shape[-1]
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    index = jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab)
+    return jnp.minimum(jnp.min(index, axis=-1), vocab - 1)
+
+
 def _block_eos(logits, i, min_new_tokens, eos_id):
     """EOS may not end a sequence before `min_new_tokens` (HF's MinNewTokensLength processor)."""
     if not min_new_tokens:
@@ -151,7 +162,7 @@ def _sample_loop(
             rng, key = jax.random.split(rng)
             choice = sample(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
         else:
-            choice = jnp.argmax(logits, axis=-1)
+            choice = _argmax(logits)
         choice = jnp.where(done, pad_id, choice).astype(jnp.int32)
         chosen_lp = jnp.where(done, 0.0, jnp.take_along_axis(log_p, choice[:, None], -1)[:, 0])
         tokens = tokens.at[:, i].set(choice)

@@ -318,3 +318,11 @@ def test_beam_search_flags():
         decoding.generate(model, np.ones((1, 3)), max_new_tokens=2, num_beams=2, temperature=1)
     with pytest.raises(ValueError, match="rows \\[1\\]"):
         decoding.generate(model, np.array([[5, 6], [0, 0]]), max_new_tokens=2)
+
+
+def test_greedy_argmax_is_numpys_with_ties_and_minus_inf():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 4, (6, 37)).astype(np.float32)  # many ties: the first index wins
+    logits[1, :5] = -np.inf  # blocked tokens, as _block_eos sets them
+    got = jax.jit(decoding._argmax)(jnp.asarray(logits))
+    chex.assert_trees_all_equal(np.asarray(got), np.argmax(logits, axis=-1).astype(np.int32))
