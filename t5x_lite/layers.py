@@ -56,7 +56,10 @@ _decoding_step = [False]
 def decoding_step() -> Iterator[None]:
     """Trace-time context that `decoding`'s loops enter while tracing one step (one new token
     per row): inside it, on CPU, `project` multiplies few rows by a weight matrix in the layout
-    XLA:CPU streams fastest. Outside it, `project` is a plain product."""
+    XLA:CPU streams fastest. Outside it, `project` is a plain product. The switch is read while
+    tracing and is not part of any jit cache key: enter it only around code traced for a
+    program of its own (as the loops' steps are), never around a call that may reuse a trace
+    made outside it."""
     outer = _decoding_step[0]
     _decoding_step[0] = True
     try:
