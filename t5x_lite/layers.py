@@ -4,7 +4,9 @@ Every parameter is created through `param`, which attaches logical axis names
 (`vocab, embed, mlp, heads, kv, relpos_buckets, classes`) as `out_sharding` metadata;
 `sharding/` maps those names to mesh axes, so sharding is declared here once and nowhere else.
 Parameters live in `param_dtype` (float32); computation runs in `dtype` (bfloat16 on
-accelerators), with normalisation statistics in float32 as T5 does.
+accelerators), with normalisation statistics in float32 as T5 does. Every weight product
+goes through `project`, which inside a decoding loop's step (`decoding_step`) uses the layouts
+XLA:CPU reads weights fastest in.
 
 Shapes: B batch, T length, D d_model, F d_ff, V vocab.
 """
@@ -47,7 +49,7 @@ def normal(stddev: float) -> Initializer:
 
 # ----------------------------------------------------------------------------- decoding steps
 
-# Rows up to which `project` uses its decoding-step layouts (measured up to 32: see below).
+# Rows up to which `project` uses its decoding-step layouts (one new token per row).
 DECODING_STEP_MAX_ROWS = 64
 _decoding_step = [False]
 
@@ -85,8 +87,8 @@ def project(x: jax.Array, kernel: jax.Array, *, vocab_major: bool = False) -> ja
     embedding) -> (..., N).
 
     Inside `decoding_step()` on CPU with at most `DECODING_STEP_MAX_ROWS` rows, the product is
-    arranged for how XLA:CPU reads a weight matrix from memory (benchmarks/decode_throughput.py
-    measures the effect end to end): one row reads it fastest as a (K, N) matrix on the right
+    arranged for how XLA:CPU reads a weight matrix from memory (benchmarks/decode_step_layouts.py
+    times generate with and without): one row reads it fastest as a (K, N) matrix on the right
     (a tied embedding is copied to (D, V) for that), several rows as an (N, K) matrix on the
     left of the transposed rows, `(W x^T)^T` (other kernels are copied to (N, K) for that).
     The copies are made once per loop, before it, and cost the memory of those weights.
