@@ -159,8 +159,7 @@ def step_products(model):
     groups = []
     for layer in model.decoder.layers:
         a, c = layer.self_attn, layer.cross_attn
-        qkv = jnp.stack([a.q[...], a.k[...], a.v[...]], axis=1)
-        groups.append([(qkv.reshape(qkv.shape[0], -1), 0)])
+        groups.append([(a.qkv_kernel(), 0)])
         groups.append([(a.o[...].reshape(-1, a.o.shape[-1]), 0)])
         groups.append([(c.q[...].reshape(c.q.shape[0], -1), 0)])
         groups.append([(c.o[...].reshape(-1, c.o.shape[-1]), 0)])

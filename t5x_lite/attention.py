@@ -190,6 +190,12 @@ class MultiHeadAttention(nnx.Module):
             k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)
         return k, v
 
+    def qkv_kernel(self) -> jax.Array:
+        """q, k and v stacked as one (D, 3*N*H) kernel (q, k, v order; heads, then kv within
+        each), in the compute dtype: a decoding step's single self-attention projection."""
+        w = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
+        return w.reshape(w.shape[0], -1)
+
     def __call__(
         self,
         x: jax.Array,  # (B, T, D) queries
@@ -208,8 +214,7 @@ class MultiHeadAttention(nnx.Module):
         step = decoding and layers.step_layouts(b * t)  # one decoding step, on CPU
         if step and kv is None and kv_input is None:
             # One product for q, k and v: the three kernels stacked (once, before the loop).
-            w = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
-            qkv = layers.project(x, w.reshape(w.shape[0], -1)).reshape(b, t, 3, n, hd)
+            qkv = layers.project(x, self.qkv_kernel()).reshape(b, t, 3, n, hd)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # heads first
         else:
