@@ -26,7 +26,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from t5x_lite import layers, models
 
@@ -101,8 +100,8 @@ def _block_eos(logits, i, min_new_tokens, eos_id):
 
 
 # Compile-time arguments of the programs (a new value compiles a new program).
-_PREFILL_STATIC = ("graphdef", "max_new_tokens", "start_id")
-_STATIC = ("graphdef", "max_new_tokens", "min_new_tokens", "eos_id", "pad_id")
+_PREFILL_STATIC = ("max_new_tokens", "start_id")
+_STATIC = ("max_new_tokens", "min_new_tokens", "eos_id", "pad_id")
 _SAMPLE_STATIC = (*_STATIC, "temperature", "top_k", "top_p")
 _BEAM_STATIC = (*_STATIC, "num_beams", "length_penalty")
 
@@ -114,23 +113,19 @@ def _jitted(program, static_argnames: tuple[str, ...]):
     return jax.jit(program, static_argnames=static_argnames)
 
 
-def _eval_model(graphdef, state):
-    """The model in eval mode (no dropout), made inside the traced programs: the caller's
-    model keeps its mode, and a call costs no host-side copy of the module graph."""
-    model = nnx.merge(graphdef, state)
+def _eval_model(model):
+    """The traced program's copy of the model (jit passes modules as pytrees) in eval mode (no
+    dropout): the caller's model keeps its mode, and a call costs no host-side copy of it."""
     model.eval()
     return model
 
 
-def _prompt_pass(graphdef, state, input_ids, attention_mask, *, max_new_tokens, start_id):
-    return _prefill(
-        _eval_model(graphdef, state), input_ids, attention_mask, max_new_tokens, start_id
-    )
+def _prompt_pass(model, input_ids, attention_mask, *, max_new_tokens, start_id):
+    return _prefill(_eval_model(model), input_ids, attention_mask, max_new_tokens, start_id)
 
 
 def _sample_loop(
-    graphdef,
-    state,
+    model,
     logits,
     cache,
     context,
@@ -144,7 +139,7 @@ def _sample_loop(
     top_k,
     top_p,
 ):
-    model = _eval_model(graphdef, state)
+    model = _eval_model(model)
     batch = logits.shape[0]
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
@@ -188,8 +183,7 @@ def _repeat_rows(tree, n):
 
 
 def _beam_search(
-    graphdef,
-    state,
+    model,
     logits,
     cache,
     context,
@@ -206,7 +200,7 @@ def _beam_search(
     max_new_tokens) are scored sum(logprobs) / length**length_penalty and merged into the
     finished set if among the top num_beams; the best unfinished num_beams run on. A row stops
     once no running beam can beat its worst finished one at the current length."""
-    model = _eval_model(graphdef, state)
+    model = _eval_model(model)
     batch, beams, n = logits.shape[0], num_beams, max_new_tokens
     # Every beam of a row starts identical; only beam 0 may expand at the first step.
     logits, cache, context = _repeat_rows((logits, cache, context), beams)
@@ -462,10 +456,8 @@ def generate(
         empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
         raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
     input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
-    graphdef, state = nnx.split(model)  # the programs run it in eval mode (_eval_model)
     logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC)(
-        graphdef,
-        state,
+        model,
         input_ids,
         attention_mask,
         max_new_tokens=max_new_tokens,
@@ -476,8 +468,7 @@ def generate(
     )
     if num_beams > 1:
         return _jitted(_beam_search, _BEAM_STATIC)(
-            graphdef,
-            state,
+            model,
             logits,
             cache,
             context,
@@ -486,8 +477,7 @@ def generate(
             **common,
         )
     return _jitted(_sample_loop, _SAMPLE_STATIC)(
-        graphdef,
-        state,
+        model,
         logits,
         cache,
         context,

@@ -312,6 +312,28 @@ def test_similar_prompt_lengths_share_one_compilation():
     assert decoding.bucket_length(3) == 16 and decoding.bucket_length(513) == 1024
 
 
+def test_generate_runs_in_eval_mode_and_leaves_the_models_mode():
+    """A model in train mode with heavy dropout generates what its eval-mode self does (the
+    programs switch dropout off in their own copy) and is still in train mode afterwards; a
+    second model of the same shapes reuses the compiled loop."""
+    cfg = config.get_preset("t5-tiny", dropout_rate=0.5)
+    model = models.build(cfg, seed=4)
+    model.train()
+    ids = np.random.default_rng(0).integers(2, cfg.vocab_size, (2, 9))
+    for num_beams in (1, 2):
+        trained, _ = decoding.generate(model, ids, max_new_tokens=6, num_beams=num_beams)
+        dropouts = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Dropout)]
+        assert dropouts and not any(d.deterministic for d in dropouts)
+        model.eval()
+        evaluated, _ = decoding.generate(model, ids, max_new_tokens=6, num_beams=num_beams)
+        model.train()
+        chex.assert_trees_all_equal(trained, evaluated)
+    loop = decoding._jitted(decoding._sample_loop, decoding._SAMPLE_STATIC)
+    before = loop._cache_size()
+    decoding.generate(models.build(cfg, seed=5), ids, max_new_tokens=6)
+    assert loop._cache_size() == before
+
+
 def test_beam_search_flags():
     model = models.build(config.get_preset("t5-tiny"))
     with pytest.raises(ValueError, match="beam search .* deterministic"):
