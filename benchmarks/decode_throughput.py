@@ -38,9 +38,11 @@ What it measures, in one process run, float32 on both sides:
   the decoder's weight products (self-attention q, k, v, o; cross-attention q, o; the MLP; the
   LM head; with the step's dependencies; each product in the layout our loop uses,
   `layers.project` in `layers.decoding_step`) on a (batch, D) activation, timed alone. Its time
-  per step is what XLA's matrix products by themselves cost our loop on this machine; the
-  script reports the most of the bound a generator whose loop cost only that could reach
-  (with our measured encoder pass, and with an encoder at its bound).
+  per step is what XLA's matrix products by themselves cost our loop on this machine, shown
+  also as the rate it reads the weights at and as its FLOP rate (the products' analytic FLOPs,
+  against the measured peak); the script reports the most of the bound a generator whose loop
+  cost only that could reach (with our measured encoder pass, and with an encoder at its
+  bound).
 
 Goal (t5-small shapes, inputs 512, 64 new tokens, 2 CPU cores): ours at least 1.5x HF's
 new tokens/s at batch 1 and batch 8, and at least 60% of the roofline bound.
@@ -131,6 +133,7 @@ def roofline(cfg, *, batch, inputs_length, new_tokens, bandwidth, peak) -> dict:
     compute_s = (encoder_flops + cross_kv_flops) / peak
     return {
         "weight_bytes_per_step": weight_bytes,
+        "weight_product_flops_per_step": batch * 2.0 * per_token_matmul,
         "cross_kv_bytes_per_step": cross_kv_bytes,
         "self_kv_bytes_last_step": 4 * layers * 2 * batch * new_tokens * inner,
         "bytes_per_step_first": steps[0][0],
@@ -451,10 +454,11 @@ def main(argv=None):
         " the most of the bound a generator whose loop cost only that could reach:\n"
     )
     print(
-        "| batch | matmul-only ms/step | its weight read GB/s | ours greedy loop ms/step "
-        "| at most % of bound, our encoder | at most % of bound, encoder at its bound |"
+        "| batch | matmul-only ms/step | its weight read GB/s | its GFLOP/s (of peak) "
+        "| ours greedy loop ms/step | at most % of bound, our encoder "
+        "| at most % of bound, encoder at its bound |"
     )
-    print("| --- " * 6 + "|")
+    print("| --- " * 7 + "|")
     for c in ceilings:
         b, steps_s = c["bound"], args.new_tokens * c["step_s"]
         greedy = next(r for r in rows if r["batch"] == c["batch"] and r["case"] == CASES[0][0])
@@ -465,8 +469,10 @@ def main(argv=None):
             most_of_bound_encoder_at_bound=b["bound_s"] / (b["bound_encoder_s"] + steps_s),
         )
         weights_gbs = b["weight_bytes_per_step"] / c["step_s"] / 1e9
+        flops_per_s = b["weight_product_flops_per_step"] / c["step_s"]
         print(
-            f"| {c['batch']} | {1e3 * c['step_s']:.2f} | {weights_gbs:.1f} | {1e3 * loop_s:.2f} "
+            f"| {c['batch']} | {1e3 * c['step_s']:.2f} | {weights_gbs:.1f} "
+            f"| {flops_per_s / 1e9:.1f} ({flops_per_s / peak:.0%}) | {1e3 * loop_s:.2f} "
             f"| {c['most_of_bound']:.0%} | {c['most_of_bound_encoder_at_bound']:.0%} |"
         )
 
