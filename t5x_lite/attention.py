@@ -203,7 +203,7 @@ class MultiHeadAttention(nnx.Module):
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
-        cache: dict | None = None,  # k (B, N, H, S_max), v (B, N, S_max, H), see project_kv
+        cache: dict | None = None,  # k (B, N, H, S_max), v (B, N, S_max, H); see _append
         cache_index: jax.Array | None = None,
         kv: dict | None = None,  # {"k", "v"} projected already (cross-attention), as the cache
     ) -> jax.Array | tuple[jax.Array, dict]:
@@ -229,13 +229,8 @@ class MultiHeadAttention(nnx.Module):
                 k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
-            k = jax.lax.dynamic_update_slice(
-                cache["k"], k.astype(cache["k"].dtype), (0, 0, 0, cache_index)
-            )
-            v = jax.lax.dynamic_update_slice(
-                cache["v"], v.astype(cache["v"].dtype), (0, 0, cache_index, 0)
-            )
-            cache = {"k": k, "v": v}
+            cache = _append(cache, k, v, cache_index)
+            k, v = (x[None] if x.ndim == 3 else x for x in (cache["k"], cache["v"]))
         h = dot_product_attention(
             q,
             k.astype(self.dtype),
@@ -251,3 +246,21 @@ class MultiHeadAttention(nnx.Module):
         else:
             out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
         return out if cache is None else (out, cache)
+
+
+def _append(cache: dict, k: jax.Array, v: jax.Array, index: jax.Array) -> dict:
+    """The cache with this step's keys (B, N, H, T) and values (B, N, T, H) written at slot
+    `index`. A batch of one may be cached without its batch axis, k (N, H, S) and v (N, S, H):
+    `decoding` carries it so through its loop, because XLA:CPU would otherwise make the update
+    twice, each on its own copy of the cache, when the batch axis of 1 is dropped for the
+    attention products."""
+    if cache["k"].ndim == 3:
+        if k.shape[0] != 1:
+            raise ValueError(f"a cache without a batch axis holds one row, got {k.shape[0]} rows")
+        k, v, at_k, at_v = k[0], v[0], (0, 0, index), (0, index, 0)
+    else:
+        at_k, at_v = (0, 0, 0, index), (0, 0, index, 0)
+    return {
+        "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at_k),
+        "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at_v),
+    }

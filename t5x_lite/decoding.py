@@ -166,6 +166,8 @@ def _sample_loop(
         logits, cache = _step(model, choice, cache, context)
         return i + 1, logits, cache, tokens, logprobs, rng, done
 
+    if batch == 1:  # carried without the batch axis: see attention._append
+        cache = {**cache, "layers": jax.tree.map(lambda x: x[0], cache["layers"])}
     carry = (jnp.zeros((), jnp.int32), logits, cache, tokens, logprobs, rng, done)
     _, _, _, tokens, logprobs, _, _ = jax.lax.while_loop(cond, body, carry)
     return tokens, logprobs

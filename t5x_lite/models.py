@@ -76,7 +76,7 @@ def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
             combine_masks(causal, _self_attention_mask(key_valid, segment_ids)),
         )
     query_positions = cache["index"] + jnp.arange(length)
-    key_positions = jnp.arange(cache["layers"][0]["v"].shape[2])
+    key_positions = jnp.arange(cache["layers"][0]["v"].shape[-2])
     mask = combine_masks(
         causal_mask(query_positions, key_positions),
         None if key_valid is None else key_padding_mask(key_valid),

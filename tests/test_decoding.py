@@ -10,12 +10,22 @@ from flax import nnx
 from t5x_lite import config, decoding, models
 
 
-def test_greedy_equals_naive_full_forward_loop():
+@pytest.mark.parametrize("rows", ["together", "alone"])  # alone: the batch-of-one cache
+def test_greedy_equals_naive_full_forward_loop(rows):
     model = models.build(config.get_preset("t5-tiny"), seed=3)
     model.eval()
     inputs = jax.random.randint(jax.random.key(0), (2, 7), 3, 1000)
     mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
-    tokens, logprobs = decoding.generate(model, inputs, attention_mask=mask, max_new_tokens=6)
+    if rows == "together":
+        tokens, logprobs = decoding.generate(model, inputs, attention_mask=mask, max_new_tokens=6)
+    else:
+        alone = [
+            decoding.generate(
+                model, inputs[b : b + 1], attention_mask=mask[b : b + 1], max_new_tokens=6
+            )
+            for b in range(2)
+        ]
+        tokens, logprobs = (jnp.concatenate(parts) for parts in zip(*alone, strict=True))
     chex.assert_shape(tokens, (2, 6))
 
     for b in range(2):
@@ -192,14 +202,19 @@ def _naive_greedy(model, prompt, steps):
     return out, lps
 
 
-def test_decoder_only_greedy_with_padded_prompts_equals_full_forward_loop():
+@pytest.mark.parametrize("rows", ["together", "alone"])  # alone: the batch-of-one cache
+def test_decoder_only_greedy_with_padded_prompts_equals_full_forward_loop(rows):
     model = models.build(config.get_preset("decoder-tiny"), seed=2)
     model.eval()
     prompts = [[5, 9, 40, 7, 3], [11, 12], [300, 2, 8, 8]]
     ids = np.zeros((3, 5), np.int32)
     for b, p in enumerate(prompts):
         ids[b, : len(p)] = p  # right padding; generate left-aligns the rows
-    tokens, logprobs = decoding.generate(model, ids, max_new_tokens=6)
+    if rows == "together":
+        tokens, logprobs = decoding.generate(model, ids, max_new_tokens=6)
+    else:
+        alone = [decoding.generate(model, ids[b : b + 1], max_new_tokens=6) for b in range(3)]
+        tokens, logprobs = (jnp.concatenate(parts) for parts in zip(*alone, strict=True))
     for b, p in enumerate(prompts):
         expected, lps = _naive_greedy(model, p, 6)
         np.testing.assert_array_equal(np.asarray(tokens[b, : len(expected)]), expected)
