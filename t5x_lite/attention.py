@@ -230,7 +230,7 @@ class MultiHeadAttention(nnx.Module):
         if cache is not None:
             # Decoding: append this step's keys/values at cache_index, attend over the cache.
             cache = _append(cache, k, v, cache_index)
-            k, v = (x[None] if x.ndim == 3 else x for x in (cache["k"], cache["v"]))
+            k, v = (c[None] if c.ndim == 3 else c for c in (cache["k"], cache["v"]))
         h = dot_product_attention(
             q,
             k.astype(self.dtype),
