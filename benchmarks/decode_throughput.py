@@ -16,15 +16,18 @@ What it measures, in one process run, float32 on both sides:
   `use_cache=True` and `torch.set_num_threads(--threads)` (default: the cores this process may
   use); ours is `t5x_lite.decoding.generate` (the prompt pass, then the whole loop, each one
   jitted program), with `block_until_ready` on its outputs.
-- Timing: one warm-up call per side and case (compiles ours), then the median of `--repeats`
-  calls; ours and HF's calls alternate, so both see the same load on a shared machine.
-  Reported per case: new tokens/s (batch x new tokens / seconds), seconds per call, ms per
-  generated step (seconds per call / new tokens, so the encoder is spread over the steps), and
-  ours/HF (speed ratio). Greedy outputs are compared token by token as a sanity check of
-  "same weights".
+- Timing: one warm-up call per side and case (compiles ours), then `--repeats` rounds; a round
+  calls every case of the batch once, ours and HF's alternating, so that all see the same load
+  on a shared machine (whose speed drifts by 10-20% over minutes here). Reported per case, from
+  the median call: new tokens/s (batch x new tokens / seconds), seconds per call (and the
+  fastest and slowest), ms per generated step (seconds per call / new tokens, so the encoder is
+  spread over the steps), and ours/HF (speed ratio). Greedy outputs are compared token by token
+  as a sanity check of "same weights".
 - Roofline bound for one call, from two measured figures: memory bandwidth (best of a sum over
   a large float32 buffer, 1 GiB by default, with numpy, a jitted jnp.sum and torch; bytes read
-  / seconds) and the float32 matmul peak (`t5x_lite.flops.measure_matmul_peak`). Then
+  / seconds; `BandwidthProbe`, read again at the start of every timed round, and the rate of
+  the batch's median round used) and the float32 matmul peak
+  (`t5x_lite.flops.measure_matmul_peak`, once). Then
       bound = (encoder FLOPs + one-time cross-attention K/V projection FLOPs) / peak
               + sum over steps of max(bytes read in the step / bandwidth,
                                       FLOPs of the step / peak)
@@ -33,7 +36,11 @@ What it measures, in one process run, float32 on both sides:
   to the current position + cross-attention K/V for all input positions (per layer, times the
   batch), float32. FLOPs are analytic (matmuls only, `t5x_lite.flops` conventions). With the
   default shapes every step is memory bound, so the max is the bytes term. Each measured time
-  is reported as a fraction of its bound (bound / measured): 100% would be the roofline.
+  is reported as a fraction of its bound (bound / measured): 100% would be the roofline. The
+  probe's rate moves a lot on a shared machine (it jumps between two levels here, ~1.6x apart,
+  for seconds at a time, while the calls' speeds do not follow it), so the rate of the median
+  round stands for the machine during the calls; the fraction at the fastest rate read in any
+  round is reported beside it, as the stricter figure.
 - Matmul-only loop, per batch: a jitted loop of the same number of steps whose step does only
   the decoder's weight products (self-attention q, k, v, o; cross-attention q, o; the MLP; the
   LM head; with the step's dependencies; each product in the layout our loop uses,
@@ -86,21 +93,31 @@ def _best_time(fn, repeats):
     return best
 
 
-def measure_bandwidth(mib: int, repeats: int = 5) -> dict[str, float]:
-    """Read bandwidth (bytes/s) of a full sum over a `mib` MiB float32 buffer, three ways."""
-    import torch
+class BandwidthProbe:
+    """Read bandwidth (bytes/s) of a full sum over a `mib` MiB float32 buffer, three ways (numpy,
+    a jitted jnp.sum, torch), best of `repeats` sums each. The buffer is made once; each call
+    measures again, so that the probe can run before every timed round: on a shared machine
+    the rate it reads moves between runs and within one (here 28-35 GB/s most of the time, and
+    50-56 GB/s for seconds at a time)."""
 
-    host = np.random.default_rng(0).random(mib * 2**20 // 4, dtype=np.float32)
-    nbytes = host.nbytes
-    device = jax.device_put(host)
-    jsum = jax.jit(jnp.sum)
-    as_torch = torch.from_numpy(host)
-    timings = {
-        "numpy sum": _best_time(lambda: host.sum(), repeats),
-        "jnp.sum (jit)": _best_time(lambda: jsum(device).block_until_ready(), repeats),
-        "torch sum": _best_time(lambda: as_torch.sum(), repeats),
-    }
-    return {name: nbytes / seconds for name, seconds in timings.items()}
+    def __init__(self, mib: int, repeats: int = 5):
+        import torch
+
+        self.host = np.random.default_rng(0).random(mib * 2**20 // 4, dtype=np.float32)
+        self.device = jax.device_put(self.host)
+        self.torch = torch.from_numpy(self.host)
+        self.jsum = jax.jit(jnp.sum)
+        self.repeats = repeats
+
+    def __call__(self) -> dict[str, float]:
+        timings = {
+            "numpy sum": _best_time(lambda: self.host.sum(), self.repeats),
+            "jnp.sum (jit)": _best_time(
+                lambda: self.jsum(self.device).block_until_ready(), self.repeats
+            ),
+            "torch sum": _best_time(lambda: self.torch.sum(), self.repeats),
+        }
+        return {name: self.host.nbytes / seconds for name, seconds in timings.items()}
 
 
 # ----------------------------------------------------------------------------- roofline
@@ -306,16 +323,27 @@ def encoder_calls(ours, hf_model, ids, mask):
     return [ours_call, hf_call]
 
 
-def time_interleaved(calls, repeats):
-    """Median seconds of each call over `repeats` rounds, the calls alternating within a round
-    so that both sides see the same machine load; also each call's last output."""
+def time_rounds(calls, repeats, probe=None):
+    """`repeats` rounds, each calling `probe` (if given) and then every call once, in order, so
+    that all calls and the probe see the same machine load on a shared machine. Returns each
+    call's seconds per round, each call's last output, and the probe's result per round."""
     times = [[] for _ in calls]
     outs = [None] * len(calls)
+    probes = []
     for _ in range(repeats):
+        if probe is not None:
+            probes.append(probe())
         for i, call in enumerate(calls):
             start = time.perf_counter()
             outs[i] = call()
             times[i].append(time.perf_counter() - start)
+    return times, outs, probes
+
+
+def time_interleaved(calls, repeats):
+    """Median seconds of each call over `repeats` rounds of `time_rounds`, and each call's last
+    output."""
+    times, outs, _ = time_rounds(calls, repeats)
     return [statistics.median(t) for t in times], outs
 
 
@@ -349,8 +377,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.get_preset(args.preset, dropout_rate=0.0)
-    bandwidths = measure_bandwidth(args.bandwidth_mib)
-    bandwidth = max(bandwidths.values())
+    probe = BandwidthProbe(args.bandwidth_mib)
+    bandwidths = probe()
     peak = (
         flops.measure_matmul_peak(n=512, repeats=3) if args.quick else flops.measure_matmul_peak()
     )
@@ -359,9 +387,9 @@ def main(argv=None):
         f"  cores usable: {len(os.sched_getaffinity(0))}"
     )
     print(
-        f"memory bandwidth (sum over {args.bandwidth_mib} MiB float32, best of 5): "
+        f"memory bandwidth at start (sum over {args.bandwidth_mib} MiB float32, best of 5): "
         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bandwidths.items())
-        + f" GB/s -> using {bandwidth / 1e9:.1f} GB/s"
+        + " GB/s; measured again before every timed round (the fastest way's rate)"
     )
     print(f"float32 matmul peak (t5x_lite.flops.measure_matmul_peak): {peak / 1e9:.1f} GFLOP/s")
     print(f"glibc malloc keeps freed memory (t5x_lite.hostmem, both sides): {retained}")
@@ -371,36 +399,45 @@ def main(argv=None):
         ours = hf.from_pretrained(tmp)
     print(f"HF attention implementation: {hf_model.config._attn_implementation}")
 
-    rows, encoders, ceilings = [], [], []
+    rows, encoders, ceilings, round_bandwidths = [], [], [], {}
     for batch in args.batches:
         g = np.random.default_rng(args.seed + batch)
         ids = g.integers(3, cfg.vocab_size - 100, (batch, args.inputs_length)).astype(np.int32)
         mask = np.ones_like(ids)
-        bound = roofline(
-            cfg,
-            batch=batch,
-            inputs_length=args.inputs_length,
-            new_tokens=args.new_tokens,
-            bandwidth=bandwidth,
-            peak=peak,
-        )
+
+        def bound_at(bandwidth, batch=batch):
+            return roofline(
+                cfg,
+                batch=batch,
+                inputs_length=args.inputs_length,
+                new_tokens=args.new_tokens,
+                bandwidth=bandwidth,
+                peak=peak,
+            )
+
         (ours_enc, hf_enc), _ = time_interleaved(
             encoder_calls(ours, hf_model, ids, mask), args.repeats
         )
-        encoders.append((batch, ours_enc, hf_enc, bound["bound_encoder_s"]))
-        ceilings.append(
-            dict(
-                batch=batch,
-                step_s=matmul_only_step_s(ours, batch, args.new_tokens, args.repeats),
-                ours_encoder_s=ours_enc,
-                bound=bound,
-            )
-        )
-        for case, sampling in CASES:
+        step_s = matmul_only_step_s(ours, batch, args.new_tokens, args.repeats)
+        # Every case of this batch, ours and HF's, in the same rounds, each round after a
+        # bandwidth probe: each call's bound uses the bandwidth measured next to it.
+        calls = []
+        for _, sampling in CASES:
             setup = (ids, mask, sampling, args.new_tokens, args.seed)
-            (ours_s, hf_s), (ours_tokens, hf_tokens) = time_interleaved(
-                [ours_call(ours, *setup), hf_call(hf_model, *setup)], args.repeats
-            )
+            calls += [ours_call(ours, *setup), hf_call(hf_model, *setup)]
+        times, outs, probes = time_rounds(calls, args.repeats, probe)
+        per_round = [max(p.values()) for p in probes]
+        round_bandwidths[batch] = per_round
+        # The bound at the rate the probe read in the median round (the machine's usual rate
+        # during these calls), and, stricter, at the fastest it read in any round.
+        bound = bound_at(statistics.median(per_round))
+        strict = bound_at(max(per_round))
+        encoders.append((batch, ours_enc, hf_enc, bound["bound_encoder_s"]))
+        ceilings.append(dict(batch=batch, step_s=step_s, ours_encoder_s=ours_enc, bound=bound))
+        for i, (case, _) in enumerate(CASES):
+            ours_t, hf_t = times[2 * i], times[2 * i + 1]
+            ours_tokens, hf_tokens = outs[2 * i], outs[2 * i + 1]
+            ours_s, hf_s = statistics.median(ours_t), statistics.median(hf_t)
             new = batch * args.new_tokens
             agree = float((ours_tokens == hf_tokens).mean()) if case == "greedy" else None
             rows.append(
@@ -409,6 +446,8 @@ def main(argv=None):
                     batch=batch,
                     ours_s=ours_s,
                     hf_s=hf_s,
+                    ours_s_per_round=ours_t,
+                    hf_s_per_round=hf_t,
                     ours_tokens_per_s=new / ours_s,
                     hf_tokens_per_s=new / hf_s,
                     ratio=hf_s / ours_s,
@@ -417,27 +456,41 @@ def main(argv=None):
                     bound_s=bound["bound_s"],
                     ours_of_bound=bound["bound_s"] / ours_s,
                     hf_of_bound=bound["bound_s"] / hf_s,
+                    bound_s_fastest_bandwidth=strict["bound_s"],
+                    ours_of_bound_fastest_bandwidth=strict["bound_s"] / ours_s,
                     greedy_token_agreement=agree,
                     roofline=bound,
                 )
             )
-            print(f"  {case} batch {batch}: ours {ours_s:.3f} s, HF {hf_s:.3f} s", flush=True)
+            print(
+                f"  {case} batch {batch}: ours {ours_s:.3f} s ({min(ours_t):.3f}-{max(ours_t):.3f})"
+                f", HF {hf_s:.3f} s ({min(hf_t):.3f}-{max(hf_t):.3f})",
+                flush=True,
+            )
+        print(
+            f"  bandwidth in batch {batch}'s rounds: {min(per_round) / 1e9:.1f}-"
+            f"{max(per_round) / 1e9:.1f} GB/s, median {statistics.median(per_round) / 1e9:.1f}",
+            flush=True,
+        )
 
     print(
         f"\n{args.preset}, inputs {args.inputs_length}, {args.new_tokens} new tokens, float32, "
-        f"median of {args.repeats} calls; sampling: temperature 1.0, top-k 50\n"
+        f"median of {args.repeats} calls; sampling: temperature 1.0, top-k 50; bound s/call at the"
+        " bandwidth read in the batch's median round\n"
     )
     print(
         "| case | batch | ours tok/s | HF tok/s | ours / HF | ours s/call | HF s/call "
-        "| ours ms/step | HF ms/step | bound s/call | ours % of bound | HF % of bound |"
+        "| ours ms/step | HF ms/step | bound s/call | ours % of bound | HF % of bound "
+        "| ours % of bound at the fastest bandwidth read |"
     )
-    print("| --- " * 12 + "|")
+    print("| --- " * 13 + "|")
     for r in rows:
         print(
             f"| {r['case']} | {r['batch']} | {r['ours_tokens_per_s']:,.1f} "
             f"| {r['hf_tokens_per_s']:,.1f} | {r['ratio']:.2f}x | {r['ours_s']:.3f} "
             f"| {r['hf_s']:.3f} | {r['ours_ms_per_step']:.2f} | {r['hf_ms_per_step']:.2f} "
-            f"| {r['bound_s']:.4g} | {r['ours_of_bound']:.0%} | {r['hf_of_bound']:.0%} |"
+            f"| {r['bound_s']:.4g} | {r['ours_of_bound']:.0%} | {r['hf_of_bound']:.0%} "
+            f"| {r['ours_of_bound_fastest_bandwidth']:.0%} |"
         )
 
     print("\nthe encoder pass alone (seconds, median; part of every call above):\n")
@@ -477,21 +530,22 @@ def main(argv=None):
         )
 
     print(
-        f"\nroofline components (bandwidth {bandwidth / 1e9:.1f} GB/s, "
-        f"peak {peak / 1e9:.1f} GFLOP/s):\n"
+        f"\nroofline components (peak {peak / 1e9:.1f} GFLOP/s; bandwidth: the median of the"
+        " batch's rounds):\n"
     )
     print(
-        "| batch | weights MB/step | cross K/V MB/step | self K/V MB (last step) "
+        "| batch | bandwidth GB/s | weights MB/step | cross K/V MB/step | self K/V MB (last step) "
         "| MB/step (mean) | step GFLOPs (mean) | encoder GFLOPs | cross K/V proj GFLOPs "
         "| encoder s | steps s | memory-bound steps |"
     )
-    print("| --- " * 11 + "|")
+    print("| --- " * 12 + "|")
     for r in rows:
         if r["case"] != CASES[0][0]:
             continue
         b = r["roofline"]
         print(
-            f"| {r['batch']} | {b['weight_bytes_per_step'] / 1e6:.2f} "
+            f"| {r['batch']} | {statistics.median(round_bandwidths[r['batch']]) / 1e9:.1f} "
+            f"| {b['weight_bytes_per_step'] / 1e6:.2f} "
             f"| {b['cross_kv_bytes_per_step'] / 1e6:.2f} "
             f"| {b['self_kv_bytes_last_step'] / 1e6:.2f} | {b['bytes_per_step_mean'] / 1e6:.2f} "
             f"| {b['step_flops_mean'] / 1e9:.3f} | {b['encoder_flops'] / 1e9:.2f} "
@@ -525,8 +579,8 @@ def main(argv=None):
             args={k: v for k, v in vars(args).items() if k != "json"},
             devices=[str(d) for d in jax.devices()],
             torch_threads=torch.get_num_threads(),
-            bandwidth_bytes_per_s=bandwidths,
-            bandwidth_used=bandwidth,
+            bandwidth_at_start_bytes_per_s=bandwidths,
+            bandwidth_per_round_bytes_per_s={str(b): v for b, v in round_bandwidths.items()},
             matmul_peak_flops_per_s=peak,
             rows=rows,
         )
