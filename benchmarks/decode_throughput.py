@@ -18,11 +18,11 @@ What it measures, in one process run, float32 on both sides:
   jitted program), with `block_until_ready` on its outputs.
 - Timing: one warm-up call per side and case (compiles ours), then `--repeats` rounds; a round
   calls every case of the batch once, ours and HF's alternating, so that all see the same load
-  on a shared machine (whose speed drifts by 10-20% over minutes here). Reported per case, from
-  the median call: new tokens/s (batch x new tokens / seconds), seconds per call (and the
-  fastest and slowest), ms per generated step (seconds per call / new tokens, so the encoder is
-  spread over the steps), and ours/HF (speed ratio). Greedy outputs are compared token by token
-  as a sanity check of "same weights".
+  on a shared machine (where one program's calls vary by up to ~20% within a run here).
+  Reported per case, from the median call: new tokens/s (batch x new tokens / seconds),
+  seconds per call (and the fastest and slowest), ms per generated step (seconds per call /
+  new tokens, so the encoder is spread over the steps), and ours/HF (speed ratio). Greedy
+  outputs are compared token by token as a sanity check of "same weights".
 - Roofline bound for one call, from two measured figures: memory bandwidth (best of a sum over
   a large float32 buffer, 1 GiB by default, with numpy, a jitted jnp.sum and torch; bytes read
   / seconds; `BandwidthProbe`, read again at the start of every timed round, and the rate of
@@ -97,8 +97,8 @@ class BandwidthProbe:
     """Read bandwidth (bytes/s) of a full sum over a `mib` MiB float32 buffer, three ways (numpy,
     a jitted jnp.sum, torch), best of `repeats` sums each. The buffer is made once; each call
     measures again, so that the probe can run before every timed round: on a shared machine
-    the rate it reads moves between runs and within one (here 28-35 GB/s most of the time, and
-    50-56 GB/s for seconds at a time)."""
+    the rate it reads moves between runs and within one (in the README's runs it jumped
+    between two levels, ~30 and ~55 GB/s, from one round to the next)."""
 
     def __init__(self, mib: int, repeats: int = 5):
         import torch
@@ -420,7 +420,7 @@ def main(argv=None):
         )
         step_s = matmul_only_step_s(ours, batch, args.new_tokens, args.repeats)
         # Every case of this batch, ours and HF's, in the same rounds, each round after a
-        # bandwidth probe: each call's bound uses the bandwidth measured next to it.
+        # bandwidth probe, so that the probe samples the machine while these calls run.
         calls = []
         for _, sampling in CASES:
             setup = (ids, mask, sampling, args.new_tokens, args.seed)
