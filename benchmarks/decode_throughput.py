@@ -47,9 +47,11 @@ What it measures, in one process run, float32 on both sides:
   `layers.project` in `layers.decoding_step`) on a (batch, D) activation, timed alone. Its time
   per step is what XLA's matrix products by themselves cost our loop on this machine, shown
   also as the rate it reads the weights at and as its FLOP rate (the products' analytic FLOPs,
-  against the measured peak); the script reports the most of the bound a generator whose loop
-  cost only that could reach (with our measured encoder pass, and with an encoder at its
-  bound).
+  against the measured peak). The same loop is timed again with each layer's cross-attention
+  added (the loop's own attention over random keys and values of `--inputs-length` positions,
+  held as our cross-attention cache is): with the weights, it reads almost every byte the
+  bound counts. For both, the script reports the most of the bound a generator whose loop cost
+  only that could reach (with our measured encoder pass, and with an encoder at its bound).
 
 Goal (t5-small shapes, inputs 512, 64 new tokens, 2 CPU cores): ours at least 1.5x HF's
 new tokens/s at batch 1 and batch 8, and at least 60% of the roofline bound.
@@ -72,7 +74,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5x_lite import config, decoding, flops, hf, hostmem, layers  # noqa: E402
+from t5x_lite import attention, config, decoding, flops, hf, hostmem, layers  # noqa: E402
 
 FULL = dict(preset="t5-small", inputs_length=512, new_tokens=64, repeats=7, bandwidth_mib=1024)
 QUICK = dict(preset="t5-tiny", inputs_length=64, new_tokens=8, repeats=2, bandwidth_mib=128)
@@ -193,16 +195,34 @@ def step_products(model):
     return groups
 
 
-def matmul_only_step_s(model, batch, new_tokens, repeats):
+def matmul_only_step_s(model, batch, new_tokens, repeats, *, cross_attention_length=0):
     """Seconds per step of a jitted loop that does nothing but a decoding step's weight
     products (`step_products`, with the step's dependencies: a group's products share one
     input, each group waits for the one before) on a (batch, D) activation: no attention, norms,
     cache or sampling. Each product is `layers.project` in its decoding-step layout, as in our
-    loop. What XLA's matrix products alone cost our loop on this machine."""
+    loop. What XLA's matrix products alone cost our loop on this machine.
+
+    With `cross_attention_length` S > 0 the loop also attends, in every layer, from the
+    cross-attention query product's output over random (B, N, H, S) keys and (B, N, S, H) values
+    held as our loop holds its cross-attention cache, through the loop's own attention
+    (`attention.dot_product_attention` with a key mask), and feeds the result to the o product:
+    the step's weight products plus the one other part of a step that reads a large array."""
     groups = step_products(model)
     axes = [[axis for _, axis in g] for g in groups]
     mats = [[m.astype(model.config.dtype) for m, _ in g] for g in groups]
-    d = model.config.d_model
+    cfg = model.config
+    d, n, hd = cfg.d_model, cfg.num_heads, cfg.d_kv
+    # Each layer's cross-attention query product is its third group (`step_products`).
+    cross_q = {2 + 6 * i for i in range(cfg.decoder_layers)} if cross_attention_length else set()
+    g = np.random.default_rng(0)
+    cross = [
+        {
+            "k": jnp.asarray(g.standard_normal((batch, n, hd, cross_attention_length), np.float32)),
+            "v": jnp.asarray(g.standard_normal((batch, n, cross_attention_length, hd), np.float32)),
+        }
+        for _ in cross_q
+    ]
+    key_mask = attention.key_padding_mask(jnp.ones((batch, cross_attention_length), bool))
 
     def product(h, m, axis):
         k = m.shape[axis]
@@ -210,21 +230,31 @@ def matmul_only_step_s(model, batch, new_tokens, repeats):
         return layers.project(x, m, vocab_major=axis == 1)
 
     @jax.jit
-    def loop(h, mats):
+    def loop(h, mats, cross):
         def step(_, h):
+            kv = iter(cross)
             with layers.decoding_step():
-                for group, group_axes in zip(mats, axes, strict=True):
-                    ys = [product(h, m, a) for m, a in zip(group, group_axes, strict=True)]
+                x = h
+                for i, (group, group_axes) in enumerate(zip(mats, axes, strict=True)):
+                    ys = [product(x, m, a) for m, a in zip(group, group_axes, strict=True)]
                     # Every output element feeds the next input, so none is dead code.
                     h = h + 1e-6 * sum(jnp.sum(y, axis=-1, keepdims=True) for y in ys)
+                    x = h
+                    if i in cross_q:  # attend from the query product's output, feed the o product
+                        c = next(kv)
+                        q = ys[0].reshape(batch, 1, n, hd).astype(c["k"].dtype)
+                        a = attention.dot_product_attention(
+                            q, c["k"], c["v"], mask=key_mask, heads_first=True
+                        )
+                        x = a.reshape(batch, n * hd).astype(h.dtype)
             return h
 
         return jax.lax.fori_loop(0, new_tokens, step, h)
 
-    h = jnp.ones((batch, d), model.config.dtype)
+    h = jnp.ones((batch, d), cfg.dtype)
 
     def call():
-        return loop(h, mats).block_until_ready()
+        return loop(h, mats, cross).block_until_ready()
 
     call()  # compile
     (seconds,), _ = time_interleaved([call], repeats)
@@ -419,6 +449,9 @@ def main(argv=None):
             encoder_calls(ours, hf_model, ids, mask), args.repeats
         )
         step_s = matmul_only_step_s(ours, batch, args.new_tokens, args.repeats)
+        step_x_s = matmul_only_step_s(
+            ours, batch, args.new_tokens, args.repeats, cross_attention_length=args.inputs_length
+        )
         # Every case of this batch, ours and HF's, in the same rounds, each round after a
         # bandwidth probe, so that the probe samples the machine while these calls run.
         calls = []
@@ -433,7 +466,15 @@ def main(argv=None):
         bound = bound_at(statistics.median(per_round))
         strict = bound_at(max(per_round))
         encoders.append((batch, ours_enc, hf_enc, bound["bound_encoder_s"]))
-        ceilings.append(dict(batch=batch, step_s=step_s, ours_encoder_s=ours_enc, bound=bound))
+        ceilings.append(
+            dict(
+                batch=batch,
+                step_s=step_s,
+                step_with_cross_attention_s=step_x_s,
+                ours_encoder_s=ours_enc,
+                bound=bound,
+            )
+        )
         for i, (case, _) in enumerate(CASES):
             ours_t, hf_t = times[2 * i], times[2 * i + 1]
             ours_tokens, hf_tokens = outs[2 * i], outs[2 * i + 1]
@@ -503,30 +544,40 @@ def main(argv=None):
         )
 
     print(
-        "\nmatmul-only loop (`matmul_only_step_s`: a step's weight products and nothing else) and"
-        " the most of the bound a generator whose loop cost only that could reach:\n"
+        "\nmatmul-only loop (`matmul_only_step_s`: a step's weight products and nothing else), the"
+        " same loop with each layer's cross-attention over the cache added, and the most of the"
+        " bound a generator whose loop cost only that could reach:\n"
     )
     print(
         "| batch | matmul-only ms/step | its weight read GB/s | its GFLOP/s (of peak) "
-        "| ours greedy loop ms/step | at most % of bound, our encoder "
-        "| at most % of bound, encoder at its bound |"
+        "| + cross-attention ms/step | ours greedy loop ms/step "
+        "| at most % of bound (matmul-only, our encoder) | (matmul-only, encoder at its bound) "
+        "| (+ cross-attention, our encoder) | (+ cross-attention, encoder at its bound) |"
     )
-    print("| --- " * 7 + "|")
+    print("| --- " * 10 + "|")
     for c in ceilings:
-        b, steps_s = c["bound"], args.new_tokens * c["step_s"]
+        b = c["bound"]
         greedy = next(r for r in rows if r["batch"] == c["batch"] and r["case"] == CASES[0][0])
         loop_s = (greedy["ours_s"] - c["ours_encoder_s"]) / args.new_tokens
-        c.update(
-            ours_loop_step_s=loop_s,
-            most_of_bound=b["bound_s"] / (c["ours_encoder_s"] + steps_s),
-            most_of_bound_encoder_at_bound=b["bound_s"] / (b["bound_encoder_s"] + steps_s),
-        )
+        c["ours_loop_step_s"] = loop_s
+        for key, per_step in (
+            ("", c["step_s"]),
+            ("_with_cross_attention", c["step_with_cross_attention_s"]),
+        ):
+            steps_s = args.new_tokens * per_step
+            c["most_of_bound" + key] = b["bound_s"] / (c["ours_encoder_s"] + steps_s)
+            c["most_of_bound_encoder_at_bound" + key] = b["bound_s"] / (
+                b["bound_encoder_s"] + steps_s
+            )
         weights_gbs = b["weight_bytes_per_step"] / c["step_s"] / 1e9
         flops_per_s = b["weight_product_flops_per_step"] / c["step_s"]
         print(
             f"| {c['batch']} | {1e3 * c['step_s']:.2f} | {weights_gbs:.1f} "
-            f"| {flops_per_s / 1e9:.1f} ({flops_per_s / peak:.0%}) | {1e3 * loop_s:.2f} "
-            f"| {c['most_of_bound']:.0%} | {c['most_of_bound_encoder_at_bound']:.0%} |"
+            f"| {flops_per_s / 1e9:.1f} ({flops_per_s / peak:.0%}) "
+            f"| {1e3 * c['step_with_cross_attention_s']:.2f} | {1e3 * loop_s:.2f} "
+            f"| {c['most_of_bound']:.0%} | {c['most_of_bound_encoder_at_bound']:.0%} "
+            f"| {c['most_of_bound_with_cross_attention']:.0%} "
+            f"| {c['most_of_bound_encoder_at_bound_with_cross_attention']:.0%} |"
         )
 
     print(
