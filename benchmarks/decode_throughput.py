@@ -215,10 +215,14 @@ def matmul_only_step_s(model, batch, new_tokens, repeats, *, cross_attention_len
     # Each layer's cross-attention query product is its third group (`step_products`).
     cross_q = {2 + 6 * i for i in range(cfg.decoder_layers)} if cross_attention_length else set()
     g = np.random.default_rng(0)
+    shapes = {
+        "k": (batch, n, hd, cross_attention_length),
+        "v": (batch, n, cross_attention_length, hd),
+    }
     cross = [
         {
-            "k": jnp.asarray(g.standard_normal((batch, n, hd, cross_attention_length), np.float32)),
-            "v": jnp.asarray(g.standard_normal((batch, n, cross_attention_length, hd), np.float32)),
+            name: jnp.asarray(g.standard_normal(shape, np.float32), cfg.dtype)
+            for name, shape in shapes.items()
         }
         for _ in cross_q
     ]
