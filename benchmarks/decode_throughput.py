@@ -212,8 +212,11 @@ def matmul_only_step_s(model, batch, new_tokens, repeats, *, cross_attention_len
     mats = [[m.astype(model.config.dtype) for m, _ in g] for g in groups]
     cfg = model.config
     d, n, hd = cfg.d_model, cfg.num_heads, cfg.d_kv
-    # Each layer's cross-attention query product is its third group (`step_products`).
-    cross_q = {2 + 6 * i for i in range(cfg.decoder_layers)} if cross_attention_length else set()
+    # Each layer's cross-attention query product is its third group (`step_products`: the
+    # layers' groups, then the LM head's).
+    per_layer = (len(groups) - 1) // cfg.decoder_layers
+    layers_q = range(2, per_layer * cfg.decoder_layers, per_layer)
+    cross_q = set(layers_q) if cross_attention_length else set()
     g = np.random.default_rng(0)
     shapes = {
         "k": (batch, n, hd, cross_attention_length),

@@ -10,22 +10,30 @@ from flax import nnx
 from t5x_lite import config, decoding, models
 
 
+def _generate_rows(rows, model, ids, attention_mask=None, **kwargs):
+    """`generate` on the whole batch ("together"), or on each row as a batch of one ("alone",
+    which carries the cache without its batch axis), outputs concatenated back."""
+    if rows == "together":
+        return decoding.generate(model, ids, attention_mask=attention_mask, **kwargs)
+    alone = [
+        decoding.generate(
+            model,
+            ids[b : b + 1],
+            attention_mask=None if attention_mask is None else attention_mask[b : b + 1],
+            **kwargs,
+        )
+        for b in range(ids.shape[0])
+    ]
+    return tuple(jnp.concatenate(parts) for parts in zip(*alone, strict=True))
+
+
 @pytest.mark.parametrize("rows", ["together", "alone"])  # alone: the batch-of-one cache
 def test_greedy_equals_naive_full_forward_loop(rows):
     model = models.build(config.get_preset("t5-tiny"), seed=3)
     model.eval()
     inputs = jax.random.randint(jax.random.key(0), (2, 7), 3, 1000)
     mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
-    if rows == "together":
-        tokens, logprobs = decoding.generate(model, inputs, attention_mask=mask, max_new_tokens=6)
-    else:
-        alone = [
-            decoding.generate(
-                model, inputs[b : b + 1], attention_mask=mask[b : b + 1], max_new_tokens=6
-            )
-            for b in range(2)
-        ]
-        tokens, logprobs = (jnp.concatenate(parts) for parts in zip(*alone, strict=True))
+    tokens, logprobs = _generate_rows(rows, model, inputs, attention_mask=mask, max_new_tokens=6)
     chex.assert_shape(tokens, (2, 6))
 
     for b in range(2):
@@ -210,11 +218,7 @@ def test_decoder_only_greedy_with_padded_prompts_equals_full_forward_loop(rows):
     ids = np.zeros((3, 5), np.int32)
     for b, p in enumerate(prompts):
         ids[b, : len(p)] = p  # right padding; generate left-aligns the rows
-    if rows == "together":
-        tokens, logprobs = decoding.generate(model, ids, max_new_tokens=6)
-    else:
-        alone = [decoding.generate(model, ids[b : b + 1], max_new_tokens=6) for b in range(3)]
-        tokens, logprobs = (jnp.concatenate(parts) for parts in zip(*alone, strict=True))
+    tokens, logprobs = _generate_rows(rows, model, ids, max_new_tokens=6)
     for b, p in enumerate(prompts):
         expected, lps = _naive_greedy(model, p, 6)
         np.testing.assert_array_equal(np.asarray(tokens[b, : len(expected)]), expected)
