@@ -268,9 +268,28 @@ def make_stages(
 
     The raw chunk length comes from `random_spans_helper(inputs_length)` (512 -> 568), so inputs
     fill `inputs_length` exactly; targets are padded to `targets_length` (0: the derived 114).
+    Where the mask's float32 counts exceed the helper's (e.g. 172 -> 190 raw, targets 40, not
+    38), the chunk and the derived targets length follow the mask, so no row is ever cut.
     Documents are split, never truncated.
     """
     raw_length, derived = random_spans_helper(inputs_length, noise_density, mean_noise_span_length)
+
+    def corrupted_lengths(n: int) -> tuple[int, int]:
+        # What `preprocess` makes of n raw tokens (the counts do not depend on the draw). The
+        # helper is T5's float64 arithmetic; the mask rounds in float32 and keeps one span at
+        # least, so a few chunks come out longer (172 -> 190 raw: 29 noise tokens, not 28).
+        ex = preprocess(
+            np.full(n, 3),
+            vocab_size=1 << 30,
+            rng=np.random.default_rng(0),
+            noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length,
+        )
+        return len(ex["inputs"]), len(ex["targets"])
+
+    while raw_length > 1 and corrupted_lengths(raw_length)[0] > inputs_length:
+        raw_length -= 1
+    derived = max(derived, corrupted_lengths(raw_length)[1])
     targets_length = targets_length or derived
     if targets_length < derived:
         raise ValueError(
