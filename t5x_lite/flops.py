@@ -90,6 +90,7 @@ PEAK_FLOPS = {
     "TPU v5 lite": 197e12,
     "TPU v5e": 197e12,
     "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p's device_kind; after "TPU v5 lite" (v5e), which it is a prefix of
     "TPU v6": 918e12,
     "H200": 989e12,
     "H100": 989e12,
