@@ -193,3 +193,52 @@ def test_presets_and_errors():
         config.get_preset("t5-tiny", feed_forward_proj="gelu")
     with pytest.raises(ValueError, match="unknown ModelConfig field.*d_modl"):
         config.get_preset("t5-tiny", d_modl=3)
+
+
+def _visible(prefix_len: int, t: int, j: int) -> bool:
+    """Prefix-LM, by definition: position t sees every earlier token, and a prefix token also
+    sees the whole prefix (never a token after it)."""
+    return j <= t or (t < prefix_len and j < prefix_len)
+
+
+def test_prefix_lm_attends_exactly_as_defined():
+    """Change one token j at a time (rows with different prefix lengths, 0 and full included):
+    the logits at position t change iff t sees j by the prefix-LM definition."""
+    model = tiny("decoder-tiny")
+    lengths = [0, 1, 3, 5, 8]
+    b, t_len = len(lengths), 8
+    x = ids((b, t_len), 7)
+    prefix = jnp.arange(t_len)[None, :] < jnp.array(lengths)[:, None]  # (B, T) is_prefix
+    # row 0 unchanged, then one variant per changed position j: ((T + 1) * B, T)
+    variants = [x] + [x.at[:, j].set((x[:, j] + 1) % 1024) for j in range(t_len)]
+    logits = model(jnp.concatenate(variants), prefix=jnp.tile(prefix, (t_len + 1, 1)))
+    logits = np.asarray(logits).reshape(t_len + 1, b, t_len, -1)
+    for j in range(t_len):
+        diff = np.abs(logits[j + 1] - logits[0]).max(-1)  # (B, T)
+        for row, p in enumerate(lengths):
+            for t in range(t_len):
+                if _visible(p, t, j):
+                    assert diff[row, t] > 1e-3, (p, t, j)
+                else:
+                    assert diff[row, t] < 1e-5, (p, t, j)
+
+
+def test_classify_mean_pools_real_tokens_only():
+    """Pooled head against numpy: mean of `encode` over real positions, times kernel, plus bias;
+    and a padded row scores as the same row without padding."""
+    model = tiny("encoder-tiny", num_labels=3)
+    model.classifier.bias[...] = jax.random.normal(jax.random.key(3), (3,))
+    lengths = [9, 4, 1]
+    x = ids((len(lengths), S), 2)
+    mask = (jnp.arange(S)[None, :] < jnp.array(lengths)[:, None]).astype(jnp.int32)
+    x = jnp.where(mask == 1, x, 0)  # pad id beyond the real tokens
+    got = np.asarray(model.classify(x, mask))
+
+    hidden = np.asarray(model.encode(x, mask), np.float64)
+    kernel = np.asarray(model.classifier.kernel[...], np.float64)
+    bias = np.asarray(model.classifier.bias[...], np.float64)
+    for row, n in enumerate(lengths):
+        want = hidden[row, :n].mean(0) @ kernel + bias
+        np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-5)
+    alone = model.classify(x[1:2, : lengths[1]])  # the same tokens, no padding, no mask
+    np.testing.assert_allclose(got[1], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)

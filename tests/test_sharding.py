@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -264,3 +265,158 @@ def test_kv_cache_follows_the_rules():
         cache = jax.jit(lambda: model.init_cache(8, 16))()
     want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))
     assert cache["layers"][0]["k"].sharding.is_equivalent_to(want, 4)
+
+
+# ----------------------------------------------------------------------------- every preset
+
+# The config field each logical axis name denotes: the independent check of every label.
+AXIS_SIZE = {
+    "vocab": "vocab_size",
+    "embed": "d_model",
+    "mlp": "d_ff",
+    "heads": "num_heads",
+    "kv": "d_kv",
+    "relpos_buckets": "relative_attention_num_buckets",
+    "classes": "num_labels",
+}
+
+# Partition specs derived by hand from RULES, as (fsdp, fsdp_tp): fsdp puts "fsdp" on the embed
+# axis; fsdp_tp adds "tensor" on heads / mlp / vocab. dp replicates every parameter.
+EXPECTED_SPECS = {
+    ("vocab", "embed"):          (P(None, "fsdp"),       P("tensor", "fsdp")),
+    ("embed", "vocab"):          (P("fsdp", None),       P("fsdp", "tensor")),
+    ("embed", "mlp"):            (P("fsdp", None),       P("fsdp", "tensor")),
+    ("mlp", "embed"):            (P(None, "fsdp"),       P("tensor", "fsdp")),
+    ("embed", "heads", "kv"):    (P("fsdp", None, None), P("fsdp", "tensor", None)),
+    ("heads", "kv", "embed"):    (P(None, None, "fsdp"), P("tensor", None, "fsdp")),
+    ("embed",):                  (P("fsdp"),             P("fsdp")),
+    ("relpos_buckets", "heads"): (P(None, None),         P(None, "tensor")),
+    ("embed", "classes"):        (P("fsdp", None),       P("fsdp", None)),
+    ("classes",):                (P(None),               P(None)),
+}  # fmt: skip
+
+
+def _shallow(cfg):
+    """The preset with two layers per stack. Tracing a model's init costs time quadratic in its
+    parameter count (flax's Variable.set_value asks each tracer for its sharding), and every
+    layer is built by the same `Block` call, so depth adds no new parameter kind."""
+    return cfg.replace(num_layers=min(cfg.num_layers, 2), num_decoder_layers=None)
+
+
+@pytest.fixture(scope="module")
+def abstract_params():
+    """{preset: (its config, its parameters as shapes)}, never initialised."""
+    out = {}
+    for name, cfg in config.PRESETS.items():
+        cfg = _shallow(cfg)
+        out[name] = cfg, nnx.state(nnx.eval_shape(lambda cfg=cfg: models.build(cfg)), nnx.Param)
+    return out
+
+
+def test_every_parameter_axis_name_denotes_its_size(abstract_params):
+    """Each dimension of each parameter of each preset carries a known logical name, and its
+    size is the config field that name stands for (a mislabelled axis fails here)."""
+    for name, (cfg, params) in abstract_params.items():
+        flat = nnx.to_flat_state(params)
+        assert len(flat) > 10, name
+        for path, var in flat:
+            where = f"{name}: {'/'.join(map(str, path))}"
+            names = var.get_metadata().get("out_sharding")
+            shape = var.get_value().shape
+            assert names is not None and len(names) == len(shape), (where, names, shape)
+            for axis, size in zip(names, shape, strict=True):
+                assert axis in AXIS_SIZE, (where, names)
+                assert size == getattr(cfg, AXIS_SIZE[axis]), (where, names, shape)
+            assert names in EXPECTED_SPECS, (where, names)
+
+
+@pytest.mark.parametrize("rules_name", ["dp", "fsdp", "fsdp_tp"])
+def test_every_parameter_spec_follows_the_rules(abstract_params, rules_name):
+    mesh = mesh_lib.make_mesh(2, 2, 2)
+    rules = rules_lib.get_rules(rules_name)
+    for name, (_, params) in abstract_params.items():
+        shardings = rules_lib.state_shardings(params, mesh, rules)
+        for (path, var), (_, sharding) in zip(
+            nnx.to_flat_state(params), nnx.to_flat_state(shardings), strict=True
+        ):
+            names = var.get_metadata()["out_sharding"]
+            if rules_name == "dp":
+                want = P(*[None] * len(names))
+            else:
+                want = EXPECTED_SPECS[names][("fsdp", "fsdp_tp").index(rules_name)]
+            assert sharding.spec == want, (name, path, sharding.spec)
+            assert sharding.mesh == mesh
+
+
+def test_fraction_sharded_under_fsdp(abstract_params):
+    """fsdp shards exactly the parameters with an embed axis; for T5 that is all but the
+    relative position tables."""
+    mesh = mesh_lib.make_mesh(1, 8, 1)
+    rules = rules_lib.get_rules("fsdp")
+    for name, (_, params) in abstract_params.items():
+        flat = nnx.to_flat_state(params)
+        total = sum(v.get_value().size for _, v in flat)
+        with_embed = sum(
+            v.get_value().size for _, v in flat if "embed" in v.get_metadata()["out_sharding"]
+        )
+        got = rules_lib.fraction_sharded(params, rules_lib.state_shardings(params, mesh, rules))
+        assert got == pytest.approx(with_embed / total, rel=1e-12), name
+        if name.startswith(("t5-", "flan-t5-")):
+            assert got >= 0.98, (name, got)
+    dp = rules_lib.state_shardings(params, mesh, rules_lib.get_rules("dp"))
+    assert rules_lib.fraction_sharded(params, dp) == 0.0
+
+
+def test_optimizer_state_is_sharded_like_its_parameter():
+    """AdamW's moments get their parameter's spec (ZeRO: optimizer state sharded too)."""
+    mesh = mesh_lib.make_mesh(2, 2, 2)
+    cfg = config.get_preset("t5-tiny")
+    model, opt = nnx.eval_shape(
+        lambda: (lambda m: (m, nnx.Optimizer(m, optax.adamw(1e-3), wrt=nnx.Param)))(
+            models.build(cfg)
+        )
+    )
+    state = nnx.state((model, opt))
+    specs = {
+        tuple(path): s.spec
+        for path, s in nnx.to_flat_state(
+            rules_lib.state_shardings(state, mesh, rules_lib.get_rules("fsdp_tp"))
+        )
+    }
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    checked = 0
+    for path, _ in params:
+        for moment in ("mu", "nu"):
+            opt_path = next(
+                p for p in specs if p[0] == 1 and moment in p and p[-len(path) :] == tuple(path)
+            )
+            assert specs[opt_path] == specs[(0, *path)] != P(), (path, moment)
+            checked += 1
+    assert checked == 2 * len(params)
+
+
+class _SliceDevice:
+    """A real CPU device that also says which slice it is in (CPU devices have no slices)."""
+
+    def __init__(self, device, slice_index):
+        self._device, self.slice_index = device, slice_index
+
+    def __getattr__(self, name):
+        return getattr(self._device, name)
+
+
+@pytest.mark.parametrize("fsdp", [2, 4])
+def test_dcn_data_splits_the_data_axis_over_slices(fsdp):
+    """Two slices of 4 devices (even and odd ids, so that listing order alone does not group
+    them), dcn_data=2: each half of the data axis is one slice, so only data-parallel gradient
+    reductions cross the slow links."""
+    devices = [_SliceDevice(d, d.id % 2) for d in jax.devices()]
+    mesh = mesh_lib.make_mesh(-1, fsdp, 1, dcn_data=2, devices=devices)
+    assert dict(mesh.shape) == {"data": 8 // fsdp, "fsdp": fsdp, "tensor": 1}
+    grid = mesh.devices
+    assert sorted(d.id for d in grid.flat) == list(range(8))  # every device once
+    half = grid.shape[0] // 2
+    assert {d.slice_index for d in grid[:half].flat} == {0}
+    assert {d.slice_index for d in grid[half:].flat} == {1}
+    with pytest.raises(ValueError, match="dcn_data=3 does not divide mesh.data=4"):
+        mesh_lib.make_mesh(-1, 2, 1, dcn_data=3, devices=devices)
