@@ -51,7 +51,9 @@ def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: boo
             return ds.map(_rename_packed)
         return ds.map(lambda ex: _pad(ex, lengths))
 
-    return stages, max(inputs_length, targets_length)
+    # Room for EOS, as causal_lm: a text of `length` tokens already loses one to append_eos. One
+    # count serves both fields, so a text cut only to the shorter length goes uncounted.
+    return stages, max(inputs_length, targets_length) - 1
 
 
 def _rename_packed(ex: dict) -> dict:
