@@ -90,12 +90,15 @@ def load_model_config(
 def restore_params(
     directory: str | os.PathLike, abstract_model: models.Model, *, step: int | None = None
 ) -> dict:
-    """Parameters of `step` (default: latest) shaped and sharded like `abstract_model`'s."""
+    """Parameters of `step` (default: latest) shaped and sharded like `abstract_model`'s; where
+    it has no sharding, on this process's first device, whatever devices the saver had."""
     step = latest_step(directory) if step is None else step
-    target = params_of(abstract_model)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        target,
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device
+        ),
+        params_of(abstract_model),
     )
     with manager(directory) as mngr:
         restored = mngr.restore(
@@ -113,7 +116,8 @@ def load_model(
     """
     cfg = load_model_config(directory, step=step).replace(**config_overrides)
     graphdef, state, rest = models.build_abstract(cfg)
-    params = restore_params(directory, nnx.merge(graphdef, state, rest), step=step)
+    with jax.ensure_compile_time_eval():  # real arrays even when traced (nnx.eval_shape)
+        params = restore_params(directory, nnx.merge(graphdef, state, rest), step=step)
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state, rest)
     model.eval()

@@ -1,7 +1,10 @@
-"""Data sources by extension, split resolution, per-process sharding and iterator state."""
+"""Data sources (files by extension, the `hf` source on a local directory, `tfds` against a
+stand-in), split resolution, per-process sharding and iterator state."""
 
 import csv
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -23,6 +26,67 @@ def test_file_formats_read_the_same_records(tmp_path):
     (tmp_path / "d.txt").write_text("one\n\ntwo\n")
     got = data.read_records(data.DataSpec(source="jsonl", path=str(tmp_path / "d.txt")))
     assert [r["text"] for r in got] == ["one", "two"]
+
+
+def test_parquet_reads_the_rows_pyarrow_wrote(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"dialogue": f"#Person1#: hi {i}", "summary": f"s{i}", "id": i} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    spec = data.DataSpec(source="jsonl", path=str(tmp_path), split="validation")  # dir + split
+    got = data.read_records(spec)
+    assert [{k: r[k] for k in ("dialogue", "summary", "id")} for r in got] == rows
+    assert got[3]["_position"] == f"{tmp_path / 'validation.parquet'}[row 3]"
+
+
+@pytest.fixture
+def hf_datasets(tmp_path, monkeypatch):
+    """`datasets`, with its cache in tmp_path."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    return datasets
+
+
+def test_hf_source_reads_a_local_dataset_directory(tmp_path, hf_datasets):
+    """`data.source=hf` with `data.path` a local directory of split files, as `datasets` finds."""
+    root = tmp_path / "dialogs"
+    root.mkdir()
+    splits = {
+        split: [{"dialogue": f"{split} {i}", "summary": f"s{i}"} for i in range(n)]
+        for split, n in (("train", 5), ("validation", 3))
+    }
+    for split, rows in splits.items():
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for split, rows in splits.items():
+        got = data.read_records(data.DataSpec(source="hf", path=str(root), split=split))
+        assert [{k: r[k] for k in ("dialogue", "summary")} for r in got] == rows
+        assert got[1]["_position"] == f"{root}[{split}][1]"
+
+
+def test_hf_and_tfds_sources_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ValueError, match="needs the `datasets` package: pip install datasets"):
+        data.read_records(data.DataSpec(source="hf", path="some/dataset"))
+    with pytest.raises(ValueError, match=r"needs the \[tfds\] extra"):
+        data.read_records(data.DataSpec(source="tfds", path="some_dataset"))
+
+
+def test_tfds_source_decodes_bytes(monkeypatch):
+    """The tfds reader against a stand-in module: tensorflow-datasets (and TensorFlow) is an
+    optional extra the tests do not install."""
+    examples = [{"dialogue": "héllo".encode(), "summary": b"s0", "id": 7}]
+    calls = []
+
+    def load(name, split):
+        calls.append((name, split))
+        return examples
+
+    fake = types.SimpleNamespace(load=load, as_numpy=lambda ds: iter(ds))
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    got = data.read_records(data.DataSpec(source="tfds", path="dialogs", split="test"))
+    assert calls == [("dialogs", "test")]
+    assert got == [{"dialogue": "héllo", "summary": "s0", "id": 7, "_position": "dialogs[0]"}]
 
 
 def test_split_template_and_directory(tmp_path):

@@ -307,6 +307,34 @@ def test_train_on_txt_and_dialogue_handling(tmp_path):
     assert tok.decode(ids) == dialogue.replace("\n", " ")
 
 
+def test_train_bpe(trained, tmp_path):
+    """model_type="bpe": a BPE model with T5's special ids; our encode is sentencepiece's own,
+    with sentinels on top and EOS appended."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    _, root = trained
+    tok = tk.train(
+        root / "corpus.jsonl",
+        tmp_path,
+        vocab_size=SP_VOCAB,
+        field=["dialogue", "summary"],
+        model_type="bpe",
+    )
+    proto = pb.ModelProto()
+    proto.ParseFromString((tmp_path / "spiece.model").read_bytes())
+    assert proto.trainer_spec.model_type == pb.TrainerSpec.BPE
+    assert tk.load(tmp_path).vocab_size == tok.vocab_size == SP_VOCAB + 100
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    text = "Hi Bob, do you like coffee? Yes, I like tea 42 times a week!"
+    assert tok.encode(text) == sp.encode(text) + [1]
+    assert tok.decode(tok.encode(text)) == text
+    with_sentinels = "Thank you <extra_id_0> me to your party <extra_id_1> week."
+    ids = tok.encode(with_sentinels)
+    assert tok.sentinel_id(0) in ids and tok.sentinel_id(1) in ids
+    assert tok.decode(ids) == with_sentinels
+
+
 def test_max_sentences_sample_is_seeded_and_in_file_order():
     texts = [f"text {i}" for i in range(1000)]
     sample = tk._sample(iter(texts), 50, seed=0)

@@ -1,5 +1,6 @@
 """The training loop end to end on tiny configs: loss falls, exact resume after a kill, SIGTERM,
-non-finite loss, bfloat16, and the errors users see for bad config and data."""
+asynchronous checkpoints (resume, pruning), eval metrics, non-finite loss, bfloat16, starting from
+a HF directory, and the errors users see for bad config and data."""
 
 import json
 import os
@@ -16,7 +17,8 @@ import pytest
 from flax import nnx
 
 import objectives
-from t5x_lite import checkpoint, run_config, train
+from t5x_lite import checkpoint, data, models, run_config, train
+from t5x_lite import config as config_lib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,6 +138,111 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     assert step >= 3
     assert f"saving a checkpoint at step {step}" in err
     assert logged(tmp_path)[-1]["step"] == step
+
+
+def _eval_metrics(model, batches, z_loss):
+    """Teacher-forced cross-entropy (+ z-loss) and accuracy over non-pad targets, in numpy
+    float64, averaged over `batches`: what the eval step should log."""
+    forward = nnx.jit(
+        lambda model, b: model(
+            b["inputs"],
+            b["decoder_inputs"],
+            attention_mask=b["inputs"] != 0,
+            decoder_attention_mask=b["targets"] != 0,
+        )
+    )
+    losses, accuracies = [], []
+    for b in batches:
+        logits = np.asarray(forward(model, b), np.float64)
+        log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        label_logit = np.take_along_axis(logits, b["targets"][..., None], -1)[..., 0]
+        valid = b["targets"] != 0
+        per_token = log_z - label_logit + z_loss * log_z**2
+        losses.append(per_token[valid].mean())
+        accuracies.append((logits.argmax(-1) == b["targets"])[valid].mean())
+    return np.mean(losses), np.mean(accuracies)
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+    """A persistent compilation cache for one test: runs that compile the same train and eval
+    steps compile them once."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], str(tmp_path / "xla_cache"))
+    jax.config.update(names[1], 0.5)
+    cc.reset_cache()
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache")
+def test_async_checkpoints_sigterm_resume_keep_and_eval(tmp_path, monkeypatch):
+    """With the default asynchronous saves: SIGTERM at step 3 saves step 3 and returns; the rerun
+    resumes there and ends with the parameters and logged losses of an uninterrupted run;
+    `checkpoint.keep=2` leaves the two newest steps; eval steps log the eval split's loss and
+    accuracy under the model in eval mode (dropout is on in training)."""
+    objective = objectives.get("span_corruption")
+    monkeypatch.setattr(objective, "describe_example", lambda *args, **kwargs: "")
+    # Starting from a saved random model skips compiling the random init in each of the 3 runs.
+    init = checkpoint.save_model(
+        tmp_path / "init", models.build(config_lib.get_preset("t5-tiny"), seed=0)
+    )
+    common = {
+        "model.init_from": str(init),
+        "model.dropout_rate": 0.1,
+        "checkpoint.async_save": True,
+        "checkpoint.every": 2,
+        "checkpoint.keep": 2,
+        "train.steps": 6,
+        "train.log_every": 1,
+        "train.eval_every": 3,
+        "train.eval_steps": 2,
+    }
+    run_inprocess(tmp_path / "a", **common)
+
+    num_tokens, calls = objective.num_tokens, []
+
+    def sigterm_at_step_3(batch):  # called once per step, after the step ran
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return num_tokens(batch)
+
+    monkeypatch.setattr(objective, "num_tokens", sigterm_at_step_3)
+    run_inprocess(tmp_path / "b", **common)
+    assert checkpoint.latest_step(tmp_path / "b" / "checkpoints") == 3
+    assert logged(tmp_path / "b")[-1]["step"] == 3
+    monkeypatch.setattr(objective, "num_tokens", num_tokens)
+    run_inprocess(tmp_path / "b", **common)
+
+    chex.assert_trees_all_equal(_params(tmp_path / "a"), _params(tmp_path / "b"))
+    a, b = logged(tmp_path / "a"), logged(tmp_path / "b")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for run in ("a", "b"):
+        assert sorted(os.listdir(tmp_path / run / "checkpoints")) == ["4", "6"], run
+
+    assert [r["step"] for r in a if "eval_loss" in r] == [3, 6]
+    assert [r["eval_loss"] for r in a if "eval_loss" in r] == [
+        r["eval_loss"] for r in b if "eval_loss" in r
+    ]
+    config = run_config.from_command_line(None, tiny_overrides(**common))
+    tok = train.load_tokenizer("")
+    eval_ds, _ = train.make_pipeline(
+        config, objective, tok, "validation", train=False, stats=data.ReadStats()
+    )
+    it = iter(eval_ds)
+    batches = [next(it) for _ in range(2)]
+    model = checkpoint.load_model(tmp_path / "a" / "checkpoints")  # step 6, eval mode
+    loss, accuracy = _eval_metrics(model, batches, z_loss=config.objective.z_loss)
+    np.testing.assert_allclose(a[-1]["eval_loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(a[-1]["eval_accuracy"], accuracy, rtol=1e-6)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -294,21 +401,32 @@ def test_long_texts_are_truncated_and_counted(tmp_path):
 
 
 def test_fine_tune_from_a_hugging_face_directory(tmp_path):
+    import torch
     from hf_reference import save_random_t5
 
-    save_random_t5(
+    ref = save_random_t5(
         tmp_path / "hf", vocab_size=1024, feed_forward_proj="gated-gelu", tie_word_embeddings=False
     )
-    run_inprocess(
-        tmp_path / "w",
-        **{
-            "model.init_from": str(tmp_path / "hf"),
-            "objective.name": "seq2seq",
-            "objective.targets_length": 16,
-            "train.steps": 10,
-            "checkpoint.every": 1000,
-        },
-    )
+    overrides = {
+        "model.init_from": str(tmp_path / "hf"),
+        "objective.name": "seq2seq",
+        "objective.targets_length": 16,
+        "train.steps": 10,
+        "checkpoint.every": 1000,
+    }
+    # Before any step, the state the loop starts from is the HF model itself, not merely a model
+    # of its shapes: its logits are transformers' on the same input.
+    config = run_config.from_command_line(None, tiny_overrides(**overrides))
+    program = train.make_program(config, objectives.get("seq2seq"), vocab_size=1024)
+    model, _ = nnx.merge(program.graphdef, train.init_state(program, config))
+    model.eval()
+    ids = np.random.default_rng(0).integers(2, 1024, (2, 9))
+    dec = np.random.default_rng(1).integers(2, 1024, (2, 5))
+    with torch.no_grad():
+        expected = ref(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(dec)).logits
+    chex.assert_trees_all_close(np.asarray(model(ids, dec)), expected.numpy(), atol=1e-4, rtol=1e-4)
+
+    run_inprocess(tmp_path / "w", **overrides)
     losses = [r["loss"] for r in logged(tmp_path / "w")]
     assert losses[-1] < losses[0]
     model = checkpoint.load_model(tmp_path / "w" / "checkpoints")
