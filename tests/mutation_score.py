@@ -1,0 +1,116 @@
+"""Mutation score of the numerics modules: run mutmut on them and print the share killed.
+
+    pip install -e ".[test]" mutmut
+    python tests/mutation_score.py                 # mutmut run, then the table and survivors
+    python tests/mutation_score.py --report-only   # the table from the last run's results
+
+mutmut (configured under `[tool.mutmut]` in pyproject.toml) copies the code to `mutants/`,
+changes one operator, constant or call at a time, and runs the fast tests that cover the changed
+function; a mutant is killed when one of them fails. SCOPE names the functions scored: the
+objectives, attention, position bias, losses, the train step, the decoding filters and beam
+search, and the sharding rules. Error-message strings are not mutated (`do_not_mutate_patterns`):
+the bad-input tests check messages, the score is about the arithmetic. Not part of CI: a full run
+takes over an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Module -> mutant-name patterns scored (mutmut names a mutant `module.x_function__mutmut_N`,
+# a method `module.xǁClassǁmethod__mutmut_N`).
+SCOPE = {
+    "objectives.span_corruption": ["*"],
+    "objectives.causal_lm": ["*"],
+    "objectives.masked_lm": ["*"],
+    "objectives.seq2seq": ["*"],
+    "t5x_lite.attention": ["*"],
+    "t5x_lite.position": ["*"],
+    "t5x_lite.losses": ["*"],
+    "t5x_lite.steps": ["*"],
+    "t5x_lite.decoding": [
+        "x_filter_logits__*",
+        "x_sample__*",
+        "x__argmax__*",
+        "x__block_eos__*",
+        "x_beam_scores__*",
+        "x__beam_search__*",
+        "x__gather_beams__*",
+    ],
+    "sharding.rules": ["*"],
+}
+
+
+def patterns() -> list[str]:
+    return [f"{module}.{p}" for module, ps in SCOPE.items() for p in ps]
+
+
+def in_scope(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns())
+
+
+def load_results() -> dict[str, str]:
+    """Mutant name -> status (killed, survived, no tests, timeout, ...) from mutants/**.meta."""
+    from mutmut.stats import status_by_exit_code
+
+    results = {}
+    for meta in (REPO / "mutants").rglob("*.py.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if in_scope(name):
+                results[name] = status_by_exit_code.get(code, "not checked")
+    return results
+
+
+def report(results: dict[str, str]) -> float:
+    by_module: dict[str, Counter] = {}
+    for name, status in results.items():
+        module = next(m for m in SCOPE if name.startswith(m + "."))
+        by_module.setdefault(module, Counter())[status] += 1
+    total = Counter()
+    print("| module | mutants | killed | survived | no tests | timeout | other | killed % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for module, c in sorted(by_module.items()):
+        total.update(c)
+        _row(module, c)
+    _row("all", total)
+    survivors = sorted(n for n, s in results.items() if s != "killed")
+    print(f"\nnot killed ({len(survivors)}):")
+    for name in survivors:
+        print(f"  {results[name]:>10}  {name}")
+    return total["killed"] / max(sum(total.values()), 1)
+
+
+def _row(module: str, c: Counter) -> None:
+    n = sum(c.values())
+    known = ("killed", "survived", "no tests", "timeout")
+    other = n - sum(c[k] for k in known)
+    cells = [n, c["killed"], c["survived"], c["no tests"], c["timeout"], other]
+    print(f"| {module} | " + " | ".join(map(str, cells)) + f" | {100 * c['killed'] / n:.1f}% |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args()
+    if not args.report_only:
+        cmd = ["mutmut", "run", "--max-children", str(args.max_children), *patterns()]
+        subprocess.run(cmd, cwd=REPO, check=True)
+    results = load_results()
+    if not results:
+        print("no mutmut results under mutants/: run without --report-only first")
+        return 1
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
