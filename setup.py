@@ -32,7 +32,14 @@ setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.13,<1", "ruff>=0.6", "datasets>=3,<6"],
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "peft>=0.13,<1",
+            "ruff>=0.6",
+            "hypothesis>=6,<7",
+            "datasets>=3,<6",
+        ],
         "tfds": ["tensorflow-datasets>=4.9"],
     },
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:run"]},

@@ -1,11 +1,18 @@
-"""Causal LM preprocessing: EOS, trim-and-pack (segments, positions, no splits), shifting."""
+"""Causal LM preprocessing: EOS, trim-and-pack (segments, positions, no splits), shifting; the
+stages run as training runs them (`data.make_dataset`) on drawn documents (hypothesis); and
+`describe_example` on a tiny model."""
+
+import itertools
 
 import chex
 import grain
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from objectives import causal_lm
+from t5x_lite import config, data, models
 
 
 def _documents(rng, n, max_len):
@@ -85,3 +92,105 @@ def test_shift_right_segments_matches_naive_loop(bos_id):
     np.testing.assert_array_equal(
         causal_lm.shift_right_segments(np.array([5, 6, 7]), bos_id=bos_id), [bos_id, 5, 6]
     )
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+class _IdTokenizer:
+    """Reads texts of space-separated ids, so documents carry tokens a test can trace back."""
+
+    eos_id = 1
+
+    def encode(self, text, add_eos=False):
+        return [int(w) for w in text.split()]
+
+
+def _stage_rows(lengths, length, pack):
+    """Rows (and the truncation counter) of the stages run the way `train.make_pipeline` runs
+    them, over documents whose tokens name them: document i is 3 + 2000 * i + arange(n)."""
+    tok = _IdTokenizer()
+    docs = [3 + 2000 * i + np.arange(n) for i, n in enumerate(lengths)]
+    _, max_tokens = causal_lm.make_stages(tok, inputs_length=length, pack=pack, seed=0)
+    counter = data.TruncationCounter(max_tokens)
+    ds = data.make_dataset(
+        [{"text": " ".join(map(str, d))} for d in docs],
+        tokenizer=tok,
+        fields=causal_lm.fields("text", "unused"),
+        stages=lambda shard: causal_lm.make_stages(
+            tok, inputs_length=length, pack=pack, seed=shard
+        )[0],
+        batch_size=1,
+        seed=0,
+        shuffle=False,
+        repeat=False,
+        truncation=counter,
+    )
+    return [{k: v[0] for k, v in b.items()} for b in ds], docs, counter
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    lengths=st.lists(st.integers(0, 70), min_size=1, max_size=25),
+    length=st.sampled_from([8, 16, 33]),
+    pack=st.booleans(),
+)
+def test_property_stages_keep_documents_apart_and_whole(lengths, length, pack):
+    """Every row: segments are contiguous runs numbered 1, 2, ... then padding (0); the inputs
+    are the targets shifted right within each segment (a segment starts from 0, never the
+    previous document's token). Every document is one segment, its first max_tokens tokens then
+    EOS, and exactly the documents cut short are counted as truncated."""
+    rows, docs, counter = _stage_rows(lengths, length, pack)
+    seen = []
+    for row in rows:
+        chex.assert_shape([row["inputs"], row["targets"], row["segment_ids"]], (length,))
+        assert all(row[k].dtype == np.int32 for k in row)
+        segs, targets, inputs = (row[k].tolist() for k in ("segment_ids", "targets", "inputs"))
+        used = sum(s > 0 for s in segs)
+        assert segs[used:] == [0] * (length - used) and targets[used:] == [0] * (length - used)
+        runs = [seg for seg, _ in itertools.groupby(segs[:used])]
+        assert runs == list(range(1, len(runs) + 1)), segs  # each segment one run, in order
+        for t in range(length):
+            start = t == 0 or segs[t] != segs[t - 1]
+            assert inputs[t] == (0 if start else targets[t - 1]), (t, segs, inputs, targets)
+        for seg in range(1, max(segs) + 1):
+            tokens = [x for x, s in zip(targets, segs, strict=True) if s == seg]
+            doc = (tokens[0] - 3) // 2000 if len(tokens) > 1 else None
+            if doc is None:  # an empty document: EOS alone
+                assert tokens == [1]
+                doc = next(i for i, d in enumerate(docs) if len(d) == 0 and i not in seen)
+            assert tokens == docs[doc][: length - 1].tolist() + [1], (seg, tokens)
+            seen.append(doc)
+    assert sorted(seen) == list(range(len(docs)))  # every document, once
+    assert counter.truncated == sum(n > length - 1 for n in lengths)
+    if not pack:
+        assert len(rows) == len(docs)
+
+
+@pytest.fixture(scope="module")
+def decoder_tiny():
+    model = models.build(config.get_preset("decoder-tiny"), seed=0)
+    model.eval()
+    return model
+
+
+def test_describe_example_shows_the_first_document(tok, decoder_tiny):
+    stages, max_tokens = causal_lm.make_stages(tok, inputs_length=48, pack=True, seed=0)
+    texts = ["Thank you for inviting me.", "See you at the party next week.", "Bring a coat."]
+    ds = data.make_dataset(
+        [{"text": t} for t in texts],
+        tokenizer=tok,
+        fields=causal_lm.fields("text", "unused"),
+        stages=lambda shard: stages,
+        batch_size=2,
+        seed=0,
+        shuffle=False,
+        truncation=data.TruncationCounter(max_tokens),
+    )
+    batch = next(iter(ds))
+    lines = causal_lm.describe_example(decoder_tiny, tok, batch).splitlines()
+    first = batch["segment_ids"][0] == 1
+    assert batch["segment_ids"][0].max() > 1  # a second document shares the row
+    assert lines[1] == f"  text:      {tok.decode(batch['targets'][0][first].tolist())}"
+    predicted = np.asarray(decoder_tiny(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1]))
+    assert lines[2] == f"  predicted: {tok.decode(predicted[0].argmax(-1)[first].tolist())}"

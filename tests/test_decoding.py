@@ -1,11 +1,17 @@
-"""Greedy generation with the KV cache equals a naive loop over the full forward pass."""
+"""Greedy generation with the KV cache equals a naive loop over the full forward pass; the
+sampling filters, `sample`, `_argmax`, `_block_eos` and `beam_scores` against numpy references
+and Hugging Face's warpers, on drawn logits (hypothesis)."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from t5x_lite import config, decoding, models
 
@@ -367,3 +373,191 @@ def test_greedy_argmax_is_numpys_with_ties_and_minus_inf():
     logits[1, :5] = -np.inf  # blocked tokens, as _block_eos sets them
     got = jax.jit(decoding._argmax)(jnp.asarray(logits))
     chex.assert_trees_all_equal(np.asarray(got), np.argmax(logits, axis=-1).astype(np.int32))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _settings(n, **kw):
+    """Few examples (the suite's time budget), no deadline, no example database in the repo."""
+    return settings(max_examples=n, deadline=None, database=None, **kw)
+
+
+# (temperature, top_k, top_p): a fixed few, so each jitted variant compiles once per entry.
+_FILTERS = [
+    (0.7, 0, 1.0),
+    (1.0, 5, 1.0),
+    (1.3, 0, 0.8),
+    (0.5, 10, 0.6),
+    (1.0, 0, 0.3),
+    (2.0, 20, 0.95),
+    (1.0, 64, 0.5),  # k above the vocabulary: top-k keeps everything
+]
+
+
+def _reference_filter(logits, temperature, top_k, top_p, margin=1e-5):
+    """(kept, unsure) masks from the definitions in float64: scale by 1/temperature, keep the
+    k largest (every token tied with the k-th), then the smallest set of most likely tokens
+    whose mass reaches top_p: a token stays iff the tokens strictly more likely than it hold
+    less than top_p. `unsure`: within `margin` of that threshold, where float32 may go either
+    way."""
+    z = np.asarray(logits, np.float64) / temperature
+    keep = np.ones(z.shape, bool)
+    if top_k:
+        kth = np.sort(z, axis=-1)[:, ::-1][:, [min(top_k, z.shape[-1]) - 1]]
+        keep = z >= kth
+    unsure = np.zeros(z.shape, bool)
+    if top_p < 1:
+        p = np.where(keep, np.exp(z - z.max(-1, keepdims=True)), 0.0)
+        p /= p.sum(-1, keepdims=True)
+        before = (p[:, None, :] * (p[:, None, :] > p[:, :, None])).sum(-1)  # [b, v]
+        unsure = keep & (np.abs(before - top_p) < margin)
+        keep &= before < top_p
+    return keep, unsure
+
+
+class FilterPropertyTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*_FILTERS)
+    @_settings(4)
+    @given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.3, 1.0, 4.0]))
+    def test_filter_logits_matches_definitions_and_hugging_face(
+        self, temperature, top_k, top_p, seed, scale
+    ):
+        import torch
+        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        logits = (np.random.default_rng(seed).normal(size=(4, 50)) * scale).astype(np.float32)
+        got = self.variant(
+            decoding.filter_logits, static_argnames=("temperature", "top_k", "top_p")
+        )(jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p)
+        got = np.asarray(got)
+        kept, unsure = _reference_filter(logits, temperature, top_k, top_p)
+        sure = ~unsure
+        np.testing.assert_array_equal(np.isfinite(got)[sure], kept[sure])
+        assert np.isneginf(got[~np.isfinite(got)]).all()  # removed means -inf
+        # Kept tokens keep their temperature-scaled logit.
+        chex.assert_trees_all_close(got[kept], (logits / temperature)[kept], rtol=1e-6)
+        # Hugging Face's warpers (temperature first, as HF's processor order) agree.
+        hf = torch.tensor(logits / np.float32(temperature))
+        if top_k:
+            hf = TopKLogitsWarper(top_k)(None, hf)
+        if top_p < 1:
+            hf = TopPLogitsWarper(top_p)(None, hf)
+        np.testing.assert_array_equal(np.isfinite(got)[sure], np.isfinite(hf.numpy())[sure])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @_settings(25)
+    @given(
+        logits=hnp.arrays(np.float32, (3, 12), elements=st.sampled_from([-2.0, 0.0, 1.0, 3.0])),
+        top_k=st.sampled_from([1, 3, 7]),
+    )
+    def test_top_k_keeps_every_token_tied_with_the_kth(self, logits, top_k):
+        """Ties: the k-th largest value is a threshold; every token at or above it stays, so a
+        row may keep more than k (HF's rule: remove only what is below the k-th)."""
+        got = self.variant(decoding.filter_logits, static_argnames="top_k")(
+            jnp.asarray(logits), top_k=top_k
+        )
+        for b in range(logits.shape[0]):
+            kth = sorted(logits[b], reverse=True)[top_k - 1]
+            want = [x if x >= kth else -np.inf for x in logits[b]]
+            np.testing.assert_array_equal(np.asarray(got[b]), np.array(want, np.float32))
+
+
+# The sampled distributions: V = 300 so top-p alone first looks at the 256 best (the nucleus
+# fits in them at a wide spread, needs the full sort when flat), top-k samples within the k.
+_SAMPLERS = [
+    (1.0, 0, 0.6, 3.0),  # (temperature, top_k, top_p, logit spread)
+    (1.0, 0, 0.95, 0.1),  # nearly flat: the nucleus is wider than the 256 candidates
+    (0.8, 20, 1.0, 3.0),
+    (1.2, 30, 0.7, 2.0),
+]
+
+
+class SamplePropertyTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*_SAMPLERS)
+    @_settings(2, derandomize=True)  # a statistical test: the same draws on every run
+    @given(seed=st.integers(0, 2**31 - 1))
+    def test_sample_draws_from_the_filtered_softmax(self, temperature, top_k, top_p, spread, seed):
+        """4,000 rows with the same logits, one key: every draw is a kept token, and each
+        token's frequency is within 6 standard errors (+ 1/n) of its filtered softmax
+        probability."""
+        rows, vocab = 4000, 300
+        logits = np.random.default_rng(seed).normal(size=(1, vocab)) * spread
+        got = self.variant(decoding.sample, static_argnames=("temperature", "top_k", "top_p"))(
+            jax.random.key(seed),
+            jnp.asarray(np.repeat(logits, rows, 0), jnp.float32),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        got = np.asarray(got)
+        assert got.shape == (rows,) and got.dtype == np.int32
+        kept, unsure = _reference_filter(logits, temperature, top_k, top_p)
+        assert (kept | unsure)[0, got].all(), "a removed token was drawn"
+        z = np.where(kept[0], logits[0] / temperature, -np.inf)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        freq = np.bincount(got, minlength=vocab) / rows
+        tol = 6 * np.sqrt(p * (1 - p) / rows) + 1 / rows
+        assert (np.abs(freq - p)[~unsure[0]] <= tol[~unsure[0]]).all()
+
+
+class StepPropertyTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @_settings(30)
+    @given(
+        logits=hnp.arrays(
+            np.float32, (5, 37), elements=st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0, 3.0])
+        ),
+        nan_at=st.none() | st.integers(0, 36),
+    )
+    def test_argmax_is_numpys_first_largest(self, logits, nan_at):
+        """Ties go to the first index, -inf rows to index 0 (as numpy); a row holding NaN has
+        no largest value and gives the last index (documented)."""
+        logits = logits.copy()
+        if nan_at is not None:
+            logits[2, nan_at] = np.nan
+        got = np.asarray(self.variant(decoding._argmax)(jnp.asarray(logits)))
+        want = np.argmax(np.nan_to_num(logits, nan=-np.inf), axis=-1).astype(np.int32)
+        if nan_at is not None:
+            want[2] = 36
+        chex.assert_trees_all_equal(got, want)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @_settings(25)
+    @given(
+        step=st.integers(0, 5),
+        min_new_tokens=st.sampled_from([0, 3]),
+        eos_id=st.sampled_from([1, 7]),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def test_block_eos_only_before_min_new_tokens(self, step, min_new_tokens, eos_id, seed):
+        logits = np.random.default_rng(seed).normal(size=(3, 11)).astype(np.float32)
+        got = self.variant(decoding._block_eos, static_argnums=(2, 3))(
+            jnp.asarray(logits), jnp.int32(step), min_new_tokens, eos_id
+        )
+        want = logits.copy()
+        if step < min_new_tokens:
+            want[:, eos_id] = -np.inf
+        chex.assert_trees_all_equal(np.asarray(got), want)
+
+
+@_settings(50)
+@given(
+    tokens=hnp.arrays(np.int32, (4, 7), elements=st.integers(0, 4)),
+    seed=st.integers(0, 2**32 - 1),
+    length_penalty=st.sampled_from([-0.5, 0.0, 1.0, 2.0]),
+)
+def test_beam_scores_match_a_python_loop(tokens, seed, length_penalty):
+    """sum(logprobs) / length**length_penalty, the length counting tokens up to and with the
+    first EOS (1), or all of them; log-probs are 0 after EOS, as `generate` returns them."""
+    logprobs = -np.random.default_rng(seed).random(tokens.shape).astype(np.float32)
+    want = []
+    for row, lps in zip(tokens.tolist(), logprobs, strict=True):
+        length = row.index(1) + 1 if 1 in row else len(row)
+        lps[length:] = 0.0
+        want.append(sum(float(x) for x in lps) / length**length_penalty)
+    got = decoding.beam_scores(tokens, logprobs, length_penalty=length_penalty)
+    chex.assert_trees_all_close(np.asarray(got, np.float64), np.array(want), rtol=1e-5)

@@ -1,16 +1,22 @@
-"""T5 span corruption: the length arithmetic, sentinels, exact reconstruction, span statistics.
+"""T5 span corruption: the length arithmetic, sentinels, exact reconstruction, span statistics,
+and the grain stages (`make_stages`) that feed training.
 
 Reference values come from the T5 paper/code (512 -> 568 raw tokens, 114 targets; the paper's
 Figure 2 example) or are recomputed here independently of `objectives.span_corruption`.
+Property tests (hypothesis) draw documents, lengths, densities and span lengths.
 """
 
+import itertools
 from math import comb
 
 import chex
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from objectives import span_corruption as sc
+from t5x_lite import corpus, data
 
 VOCAB = 32128  # T5's: 32000 pieces + 100 sentinels, padded
 EOS = 1
@@ -34,9 +40,9 @@ def _reference_helper(inputs_length, noise_density=0.15, mean_span=3.0):
     return best, _reference_lengths(best, noise_density, mean_span)[1]
 
 
-def _reconstruct(inputs, targets):
+def _reconstruct(inputs, targets, first_sentinel=VOCAB - NUM_SENTINELS):
     """Original tokens from (inputs, targets): splice each sentinel's target span in."""
-    is_sentinel = lambda t: t >= VOCAB - NUM_SENTINELS
+    is_sentinel = lambda t: t >= first_sentinel
     assert inputs[-1] == EOS and targets[-1] == EOS
     spans, current = {}, None
     for t in targets[:-1]:
@@ -50,6 +56,32 @@ def _reconstruct(inputs, targets):
     for t in inputs[:-1]:
         out.extend(spans[int(t)] if is_sentinel(t) else [int(t)])
     return out
+
+
+def _t5_mask_counts(length, density=0.15, mean_span=3.0):
+    """(noise tokens, noise spans) of T5's `random_spans_noise_mask` over `length` tokens: its TF
+    arithmetic in float32 (`tf.round`: half to even), at least one of each, lengths below 2 as 2."""
+    length = max(length, 2)
+    noise = int(np.rint(np.float32(length) * np.float32(density)))
+    noise = min(max(noise, 1), length - 1)
+    return noise, max(int(np.rint(np.float32(noise) / np.float32(mean_span))), 1)
+
+
+def _settings(n, **kw):
+    """Few examples (the suite's time budget), no deadline, no example database in the repo."""
+    return settings(max_examples=n, deadline=None, database=None, **kw)
+
+
+_TOKENS = st.lists(st.integers(3, VOCAB - NUM_SENTINELS - 1), max_size=300)
+_DENSITY = st.floats(0.02, 0.5)
+_MEAN_SPAN = st.floats(1.0, 8.0)
+_SEED = st.integers(0, 2**32 - 1)
+
+
+def _splittable(length, density, mean_span):
+    """T5 (and `preprocess`) cannot split fewer clean tokens into more spans than there are."""
+    noise, spans = _t5_mask_counts(length, density, mean_span)
+    return spans <= max(length, 2) - noise
 
 
 def _runs(mask):
@@ -241,3 +273,287 @@ def test_span_statistics_over_many_documents():
         for j, p in pmf.items():
             tol = 6 * np.sqrt(p * (1 - p) / len(runs)) + 1e-3
             assert abs(counts[j] / len(runs) - p) < tol, (n, j, counts[j] / len(runs), p)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@_settings(50)
+@given(tokens=_TOKENS, density=_DENSITY, mean_span=_MEAN_SPAN, seed=_SEED)
+def test_property_inputs_and_targets_interleave_back_into_the_tokens(
+    tokens, density, mean_span, seed
+):
+    """Splicing each sentinel's span from the targets into the inputs gives the tokens back."""
+    assume(_splittable(len(tokens), density, mean_span))
+    ex = sc.preprocess(
+        np.array(tokens, np.int64),
+        vocab_size=VOCAB,
+        rng=np.random.default_rng(seed),
+        noise_density=density,
+        mean_noise_span_length=mean_span,
+    )
+    assert ex["inputs"].dtype == np.int32 and ex["targets"].dtype == np.int32
+    assert _reconstruct(ex["inputs"].tolist(), ex["targets"].tolist()) == tokens
+
+
+@_settings(50)
+@given(tokens=_TOKENS, density=_DENSITY, mean_span=_MEAN_SPAN, seed=_SEED)
+def test_property_sentinels_count_down_in_order_on_both_sides(tokens, density, mean_span, seed):
+    """<extra_id_0>, <extra_id_1>, ... (vocab_size - 1, - 2, ...) in order on each side."""
+    assume(_splittable(len(tokens), density, mean_span))
+    ex = sc.preprocess(
+        np.array(tokens, np.int64),
+        vocab_size=VOCAB,
+        rng=np.random.default_rng(seed),
+        noise_density=density,
+        mean_noise_span_length=mean_span,
+    )
+    in_sentinels = [t for t in ex["inputs"].tolist() if t >= VOCAB - NUM_SENTINELS]
+    tg_sentinels = [t for t in ex["targets"].tolist() if t >= VOCAB - NUM_SENTINELS]
+    assert tg_sentinels == [VOCAB - 1 - i for i in range(len(tg_sentinels))]
+    assert in_sentinels == [VOCAB - 1 - i for i in range(len(in_sentinels))]
+    if tokens:  # targets lead with <extra_id_0>; inputs never do (a chunk starts clean)
+        assert ex["targets"][0] == VOCAB - 1 and ex["inputs"][0] == tokens[0]
+    # Inputs hold a sentinel per noise span; a 1-token chunk has none (its mask is cut from 2).
+    assert len(in_sentinels) == (len(tg_sentinels) if len(tokens) >= 2 else 0)
+
+
+@_settings(50)
+@given(length=st.integers(0, 600), density=_DENSITY, mean_span=_MEAN_SPAN, seed=_SEED)
+def test_property_noise_and_span_counts_are_t5s(length, density, mean_span, seed):
+    """Exactly round(L * density) noise tokens (clipped to [1, L - 1]) in exactly
+    round(noise / mean_span) spans (at least 1), alternating clean/noise from a clean start."""
+    assume(_splittable(length, density, mean_span))
+    noise, spans = _t5_mask_counts(length, density, mean_span)
+    mask = sc.random_spans_noise_mask(length, np.random.default_rng(seed), density, mean_span)
+    assert mask.shape == (length,) and mask.dtype == bool
+    if length >= 2:
+        noise_runs, clean_runs = _runs(mask)
+        assert mask.sum() == noise and len(noise_runs) == spans and len(clean_runs) == spans
+        assert not mask[0] and mask[-1]
+        # ... and through preprocess: noise tokens sit in the targets, one sentinel per span.
+        tokens = np.arange(3, 3 + length)
+        ex = sc.preprocess(
+            tokens,
+            vocab_size=VOCAB,
+            rng=np.random.default_rng(seed),
+            noise_density=density,
+            mean_noise_span_length=mean_span,
+        )
+        assert (
+            len(ex["targets"]) == noise + spans + 1
+            and len(ex["inputs"]) == length - noise + spans + 1
+        )
+    else:
+        assert not mask.any()
+
+
+@_settings(50)
+@given(
+    inputs_length=st.integers(8, 4096),
+    density=st.sampled_from([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]),
+    mean_span=st.sampled_from([1.0, 2.0, 3.0, 5.0, 8.0]),
+)
+def test_property_helper_is_t5s_arithmetic(inputs_length, density, mean_span):
+    """The longest raw chunk whose inputs fit, by T5's `random_spans_helper` formula (Python
+    floats), found here by brute force."""
+    got = sc.random_spans_helper(inputs_length, density, mean_span)
+    assert got == _reference_helper(inputs_length, density, mean_span)
+    assert _reference_lengths(got[0], density, mean_span)[0] <= inputs_length
+
+
+# ----------------------------------------------------------------------------- grain stages
+
+
+class _IdTokenizer:
+    """Reads texts of space-separated ids, so documents carry tokens a test can trace back."""
+
+    pad_id, eos_id, unk_id = 0, 1, 2
+    vocab_size = VOCAB
+    num_sentinels = NUM_SENTINELS
+
+    def encode(self, text, add_eos=False):
+        return [int(w) for w in text.split()]
+
+    def sentinel_id(self, i):
+        return self.vocab_size - 1 - i
+
+
+def _traceable(lengths):
+    """Document i of length n: 3 + 2000 * i + arange(n), so a token names its document and
+    position (below the sentinels for < 16 documents of < 2000 tokens)."""
+    return [3 + 2000 * i + np.arange(n) for i, n in enumerate(lengths)]
+
+
+def _stage_rows(tokenizer, texts, **options):
+    """Rows of `make_stages` run the way training runs it (`data.make_dataset`), in order, once."""
+    ds = data.make_dataset(
+        [{"text": t} for t in texts],
+        tokenizer=tokenizer,
+        fields=sc.fields("text", "unused"),
+        stages=lambda shard: sc.make_stages(tokenizer, seed=3 + shard, **options)[0],
+        batch_size=1,
+        seed=0,
+        shuffle=False,
+        repeat=False,
+    )
+    return [{k: v[0] for k, v in batch.items()} for batch in ds]
+
+
+def _check_row(row, inputs_length, targets_length, eos):
+    """Shapes, EOS then padding on both sides, decoder inputs = targets shifted right; returns
+    (inputs, targets) without padding."""
+    chex.assert_shape(row["inputs"], (inputs_length,))
+    chex.assert_shape([row["targets"], row["decoder_inputs"]], (targets_length,))
+    out = []
+    for key in ("inputs", "targets"):
+        seq = row[key].tolist()
+        n = len(seq) - seq[::-1].index(eos)  # up to and with the last EOS
+        assert eos not in seq[: n - 1] and 0 not in seq[:n], (key, seq)
+        assert seq[n:] == [0] * (len(seq) - n), (key, seq)  # padding after EOS
+        out.append(seq[:n])
+    assert row["decoder_inputs"].tolist() == [0] + row["targets"].tolist()[:-1]
+    return out
+
+
+def _t5_chunk_lengths(raw, density=0.15, mean_span=3.0):
+    """(inputs, targets) lengths, EOS included, of T5's span corruption of `raw` >= 2 tokens:
+    the clean tokens and a sentinel per span, the noise tokens and a sentinel per span."""
+    noise, spans = _t5_mask_counts(raw, density, mean_span)
+    return raw - noise + spans + 1, noise + spans + 1
+
+
+def _stage_lengths(inputs_length, density=0.15, mean_span=3.0):
+    """(raw chunk, targets) lengths the stages should use: T5's helper, then as many raw tokens
+    fewer as the mask's own (float32) counts need for the inputs to fit, and targets long
+    enough for what that chunk gives."""
+    raw, targets = _reference_helper(inputs_length, density, mean_span)
+    while _t5_chunk_lengths(raw, density, mean_span)[0] > inputs_length:
+        raw -= 1
+    return raw, max(targets, _t5_chunk_lengths(raw, density, mean_span)[1])
+
+
+def _check_rows_tile_documents(rows, docs, raw, inputs_length, targets_length, density, mean_span):
+    """Every row interleaves back into pieces of documents, each piece a contiguous run of one
+    document; together the pieces cover every document exactly once. Every row but the last
+    holds `raw` tokens, and each row's lengths are T5's for the tokens it holds."""
+    pieces = {i: [] for i in range(len(docs))}
+    for row in rows:
+        inputs, targets = _check_row(row, inputs_length, targets_length, EOS)
+        tokens = np.array(_reconstruct(inputs, targets))
+        assert len(tokens) == raw or row is rows[-1], (len(tokens), raw)
+        if len(tokens) >= 2:
+            assert (len(inputs), len(targets)) == _t5_chunk_lengths(len(tokens), density, mean_span)
+        doc, pos = (tokens - 3) // 2000, (tokens - 3) % 2000
+        starts = np.flatnonzero(np.diff(doc, prepend=-1) != 0)
+        for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True):
+            np.testing.assert_array_equal(np.diff(pos[a:b]), 1)  # contiguous within a document
+            pieces[int(doc[a])].append((int(pos[a]), b - a))
+    for i, doc in enumerate(docs):
+        starts, sizes = zip(*sorted(pieces[i]), strict=True) if pieces[i] else ((), ())
+        assert list(starts) == list(itertools.accumulate(sizes, initial=0))[:-1]  # no gaps
+        assert sum(sizes) == len(doc), (i, pieces[i])
+
+
+@_settings(40)
+@given(
+    lengths=st.lists(st.integers(0, 120), min_size=1, max_size=12),
+    inputs_length=st.integers(12, 80),
+    density=st.sampled_from([0.1, 0.15, 0.3]),
+    mean_span=st.sampled_from([2.0, 3.0, 5.0]),
+    extra_targets=st.sampled_from([0, 3]),
+)
+def test_property_stages_rows_reconstruct_the_documents(
+    lengths, inputs_length, density, mean_span, extra_targets
+):
+    """Through `data.make_dataset`: every row is T5-shaped (EOS last, then padding; decoder
+    inputs shifted) and the rows together give back every document token exactly once."""
+    assume(sum(lengths) > 0)  # an all-empty stream gives one empty row ([EOS] -> [EOS])
+    docs = _traceable(lengths)
+    raw, derived = _stage_lengths(inputs_length, density, mean_span)
+    targets_length = derived + extra_targets if extra_targets else 0  # 0: make_stages derives it
+    rows = _stage_rows(
+        _IdTokenizer(),
+        [" ".join(map(str, d)) for d in docs],
+        inputs_length=inputs_length,
+        targets_length=targets_length,
+        noise_density=density,
+        mean_noise_span_length=mean_span,
+    )
+    assert len(rows) == -(-sum(lengths) // raw)  # ceil: only the last chunk is short
+    _check_rows_tile_documents(
+        rows, docs, raw, inputs_length, targets_length or derived, density, mean_span
+    )
+
+
+@pytest.mark.parametrize(
+    "inputs_length, density, mean_span",
+    [
+        (172, 0.15, 3.0),  # 190 raw: 28.5 noise tokens, 29 in float32 -> targets 40, not 38
+        (77, 0.3, 3.0),  # 95 raw: the same at density 0.3
+        (8, 0.15, 3.0),  # 8 raw: 0 spans by the helper, 1 by the mask -> inputs 9
+        (128, 0.15, 3.0),  # the default config: 141 raw, targets 29
+        (512, 0.15, 3.0),  # T5's: 568 raw, targets 114
+    ],
+)
+def test_stages_fit_where_t5s_helper_and_mask_round_differently(inputs_length, density, mean_span):
+    """T5's helper rounds in float64 and may count 0 spans; its mask rounds in float32 and keeps
+    one. The stages must size the chunks for the mask, never cut a row's EOS or spans."""
+    raw, targets_length = _stage_lengths(inputs_length, density, mean_span)
+    docs = _traceable([raw, 2 * raw - 1, 5])
+    rows = _stage_rows(
+        _IdTokenizer(),
+        [" ".join(map(str, d)) for d in docs],
+        inputs_length=inputs_length,
+        targets_length=0,
+        noise_density=density,
+        mean_noise_span_length=mean_span,
+    )
+    assert len(rows) == 4
+    _check_rows_tile_documents(rows, docs, raw, inputs_length, targets_length, density, mean_span)
+    if (inputs_length, density) == (512, 0.15):
+        assert (raw, targets_length) == (568, 114)
+
+
+def test_stages_on_the_embedded_corpus_concatenate_back(tok):
+    """The shipped tokenizer on corpus dialogues, the default config's lengths (128 -> 141 raw
+    tokens a row): reconstructed rows, in order, are the documents' tokens, concatenated."""
+    records = corpus.generate(30, seed=1)
+    encoded = [tok.encode(r["dialogue"], add_eos=False) for r in records]
+    raw, targets_length = _stage_lengths(128)
+    # grain passes a document of exactly one chunk ahead of a partly filled one: none here.
+    assert raw not in {len(e) for e in encoded}
+    rows = _stage_rows(
+        tok,
+        [r["dialogue"] for r in records],
+        inputs_length=128,
+        targets_length=0,
+        noise_density=0.15,
+        mean_noise_span_length=3.0,
+    )
+    got = []
+    for row in rows:
+        inputs, targets = _check_row(row, 128, targets_length, tok.eos_id)
+        tokens = _reconstruct(inputs, targets, tok.vocab_size - tok.num_sentinels)
+        assert len(tokens) == raw or row is rows[-1]
+        got.extend(tokens)
+    assert got == [t for e in encoded for t in e]
+
+
+def test_describe_example_shows_sentinels_and_spans(tok, tiny_t5):
+    """span_corruption describes its examples as seq2seq does: the corrupted input (with
+    <extra_id_i> sentinels), the spans it hides, the model's greedy output."""
+    rows = _stage_rows(
+        tok,
+        ["Thank you for inviting me to your party last week, it was great fun."] * 2,
+        inputs_length=16,
+        targets_length=0,
+        noise_density=0.15,
+        mean_noise_span_length=3.0,
+    )
+    batch = {k: np.stack([r[k] for r in rows[:2]]) for k in rows[0]}
+    lines = sc.describe_example(tiny_t5, tok, batch, max_new_tokens=4).splitlines()
+    assert lines[1] == f"  input:  {tok.decode(batch['inputs'][0].tolist())}"
+    assert lines[2] == f"  target: {tok.decode(batch['targets'][0].tolist())}"
+    assert lines[2].startswith("  target: <extra_id_0>") and "<extra_id_0>" in lines[1]
+    assert lines[3].startswith("  output: ")
