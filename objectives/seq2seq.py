@@ -35,7 +35,7 @@ def pad_to(tokens: np.ndarray, length: int, pad_id: int = 0) -> np.ndarray:
 
 
 def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int, **_):
-    """grain stages (tokens -> fixed-length rows) and the longest text kept before cutting."""
+    """grain stages (tokens -> fixed-length rows) and, per feature, the longest text kept whole."""
     targets_length = targets_length or inputs_length
     lengths = {"inputs": inputs_length, "targets": targets_length}
 
@@ -51,9 +51,8 @@ def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: boo
             return ds.map(_rename_packed)
         return ds.map(lambda ex: _pad(ex, lengths))
 
-    # Room for EOS, as causal_lm: a text of `length` tokens already loses one to append_eos. One
-    # count serves both fields, so a text cut only to the shorter length goes uncounted.
-    return stages, max(inputs_length, targets_length) - 1
+    # Room for EOS, as causal_lm: a text of `length` tokens already loses one to append_eos.
+    return stages, {k: length - 1 for k, length in lengths.items()}
 
 
 def _rename_packed(ex: dict) -> dict:

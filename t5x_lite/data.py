@@ -208,15 +208,21 @@ def check_fields(records: list[dict], fields: list[str]) -> None:
 
 @dataclasses.dataclass
 class TruncationCounter:
-    """Counts texts cut to the configured maximum length (reported in the metrics)."""
+    """Counts texts cut to the configured maximum length (reported in the metrics).
 
-    max_tokens: int
+    `max_tokens` is one limit for every feature, or a limit per feature (seq2seq's inputs and
+    targets have their own lengths)."""
+
+    max_tokens: int | dict[str, int]
     truncated: int = 0
 
-    def __call__(self, ids: list[int]) -> np.ndarray:
-        if len(ids) > self.max_tokens:
+    def __call__(self, ids: list[int], feature: str = "") -> np.ndarray:
+        limit = self.max_tokens
+        if isinstance(limit, dict):
+            limit = limit[feature]
+        if len(ids) > limit:
             self.truncated += 1
-            ids = ids[: self.max_tokens]
+            ids = ids[:limit]
         return np.asarray(ids, np.int32)
 
 
@@ -275,7 +281,7 @@ def make_dataset(
             ds = ds.shuffle(seed=seed + shard)
         if repeat:
             ds = ds.repeat()
-        ds = ds.map(lambda r: {k: cut(tokenizer.encode(t, add_eos=False)) for k, t in r.items()})
+        ds = ds.map(lambda r: {k: cut(tokenizer.encode(t, add_eos=False), k) for k, t in r.items()})
         return stages(shard)(ds.to_iter_dataset()).batch(batch_size // shards, drop_remainder=True)
 
     per_process = shards // process_count

@@ -7,7 +7,6 @@ import itertools
 
 import chex
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,11 +130,6 @@ def test_property_packed_rows_pair_segments(lengths, inputs_length, targets_leng
     assert sorted(seen) == list(range(len(pairs)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one TruncationCounter (max_tokens = the longer length - 1) serves both fields, so "
-    "a text cut only to the shorter field's length is not counted",
-)
 def test_truncation_count_includes_texts_cut_to_the_shorter_length():
     pairs = _pairs([(3, 10)])  # 10 target tokens, cut to 5 + EOS
     rows, counter = _stage_rows(pairs, inputs_length=16, targets_length=6, pack=False)
