@@ -32,3 +32,16 @@ def tiny_t5():
     model = models.build(config.get_preset("t5-tiny"), seed=0)
     model.eval()
     return model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut (tests/mutation_score.py), a mutant of `package.module` runs only the unit
+    tests mirrored on its module, tests/test_<module>.py (or test_<package>.py): the fast tests
+    that own the function, not every model test that happens to call it."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" not in mutant:
+        return
+    mirrored = {f"test_{name}.py" for name in mutant.split(".")[:2]}
+    kept = [item for item in items if item.path.name in mirrored]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
