@@ -41,6 +41,7 @@ setup(
             "datasets>=3,<6",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],
+        "mutation": ["mutmut>=3.8,<4"],
     },
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:run"]},
 )

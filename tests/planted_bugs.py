@@ -1,0 +1,135 @@
+"""Plant known bugs one at a time in a scratch copy of the repo and check that a test fails.
+
+    python tests/planted_bugs.py            # every plant; exits 1 if any plant passes its tests
+    python tests/planted_bugs.py --only 3   # one plant (numbers as in PLANTS)
+
+Each plant is a one-line edit of the library and the tests that must catch it. The copy is
+`git ls-files` of the working tree in a temp dir; its tests run with `python -m pytest` from the
+copy, so they import the planted code, not the installed package. The README's "Testing" section
+lists the same plants. Not part of CI (about 5 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Plant:
+    bug: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+PLANTS = (
+    Plant(
+        "gradient accumulation keeps only the last micro-batch's gradients",
+        "t5x_lite/steps.py",
+        "return (jax.tree.map(jnp.add, grad_sum, grads), nnx.state(m)), metrics",
+        "return (grads, nnx.state(m)), metrics",
+        ("tests/test_steps.py",),
+    ),
+    Plant(
+        "model.init_from an HF directory builds random weights of the right shapes",
+        "t5x_lite/train.py",
+        "model = hf.from_pretrained(source, **overrides)",
+        "model = models.build(hf.config_from_hf(hf.load_hf_config(source), **overrides))",
+        ("tests/test_train.py::test_fine_tune_from_a_hugging_face_directory",),
+    ),
+    Plant(
+        "the prefix-LM mask makes the whole sequence bidirectional",
+        "t5x_lite/models.py",
+        "causal = jnp.logical_or(causal, prefix_mask(prefix))",
+        "causal = jnp.ones_like(causal)",
+        (
+            "tests/test_models.py::test_prefix_lm_attends_exactly_as_defined",
+            "tests/test_attention.py::test_model_causal_mask_composition",
+        ),
+    ),
+    Plant(
+        "classify mean-pools over padding too",
+        "t5x_lite/models.py",
+        "pooled = (hidden * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1), 1.0)[:, None]",
+        "pooled = hidden.mean(1)",
+        ("tests/test_models.py::test_classify_mean_pools_real_tokens_only",),
+    ),
+    Plant(
+        "span corruption's grain stage drops EOS and the last token of every row",
+        "objectives/span_corruption.py",
+        '"inputs": seq2seq.pad_to(out["inputs"], inputs_length),',
+        '"inputs": seq2seq.pad_to(out["inputs"][:-2], inputs_length),',
+        (
+            "tests/test_span_corruption.py::test_property_stages_rows_reconstruct_the_documents",
+            "tests/test_span_corruption.py::test_stages_on_the_embedded_corpus_concatenate_back",
+        ),
+    ),
+    Plant(
+        "a parameter's logical axis mislabelled (mpl for mlp), so it stays replicated",
+        "t5x_lite/layers.py",
+        'self.wo = Dense(d_ff, d_model, ("mlp", "embed")',
+        'self.wo = Dense(d_ff, d_model, ("mpl", "embed")',
+        (
+            "tests/test_sharding.py::test_every_parameter_axis_name_denotes_its_size",
+            "tests/test_sharding.py::test_every_parameter_spec_follows_the_rules",
+        ),
+    ),
+)
+
+
+def copy_repo(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+
+
+def check(plant: Plant, copy: Path) -> bool:
+    """True when at least one of the plant's tests fails with the bug in place."""
+    target = copy / plant.path
+    original = target.read_text()
+    if original.count(plant.old) != 1:
+        raise ValueError(f"{plant.path}: the line to plant in is not there once: {plant.old!r}")
+    target.write_text(original.replace(plant.old, plant.new))
+    try:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *plant.tests]
+        result = subprocess.run(cmd, cwd=copy, capture_output=True, text=True)
+    finally:
+        target.write_text(original)
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"pytest could not run {plant.tests}:\n{result.stdout[-3000:]}")
+    return result.returncode == 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", type=int, action="append", help="plant number (1-based)")
+    args = parser.parse_args()
+    chosen = [(i, PLANTS[i - 1]) for i in args.only] if args.only else enumerate(PLANTS, 1)
+    missed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_repo(Path(tmp))
+        for i, plant in chosen:
+            caught = check(plant, Path(tmp))
+            print(
+                f"{i}. {'caught' if caught else 'MISSED'}: {plant.bug} ({plant.path})", flush=True
+            )
+            if not caught:
+                missed.append(i)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
