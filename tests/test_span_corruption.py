@@ -278,6 +278,16 @@ def test_span_statistics_over_many_documents():
 # ----------------------------------------------------------------------------- properties
 
 
+def _corrupt(tokens, density, mean_span, seed) -> dict:
+    return sc.preprocess(
+        np.array(tokens, np.int64),
+        vocab_size=VOCAB,
+        rng=np.random.default_rng(seed),
+        noise_density=density,
+        mean_noise_span_length=mean_span,
+    )
+
+
 @_settings(50)
 @given(tokens=_TOKENS, density=_DENSITY, mean_span=_MEAN_SPAN, seed=_SEED)
 def test_property_inputs_and_targets_interleave_back_into_the_tokens(
@@ -285,13 +295,7 @@ def test_property_inputs_and_targets_interleave_back_into_the_tokens(
 ):
     """Splicing each sentinel's span from the targets into the inputs gives the tokens back."""
     assume(_splittable(len(tokens), density, mean_span))
-    ex = sc.preprocess(
-        np.array(tokens, np.int64),
-        vocab_size=VOCAB,
-        rng=np.random.default_rng(seed),
-        noise_density=density,
-        mean_noise_span_length=mean_span,
-    )
+    ex = _corrupt(tokens, density, mean_span, seed)
     assert ex["inputs"].dtype == np.int32 and ex["targets"].dtype == np.int32
     assert _reconstruct(ex["inputs"].tolist(), ex["targets"].tolist()) == tokens
 
@@ -301,13 +305,7 @@ def test_property_inputs_and_targets_interleave_back_into_the_tokens(
 def test_property_sentinels_count_down_in_order_on_both_sides(tokens, density, mean_span, seed):
     """<extra_id_0>, <extra_id_1>, ... (vocab_size - 1, - 2, ...) in order on each side."""
     assume(_splittable(len(tokens), density, mean_span))
-    ex = sc.preprocess(
-        np.array(tokens, np.int64),
-        vocab_size=VOCAB,
-        rng=np.random.default_rng(seed),
-        noise_density=density,
-        mean_noise_span_length=mean_span,
-    )
+    ex = _corrupt(tokens, density, mean_span, seed)
     in_sentinels = [t for t in ex["inputs"].tolist() if t >= VOCAB - NUM_SENTINELS]
     tg_sentinels = [t for t in ex["targets"].tolist() if t >= VOCAB - NUM_SENTINELS]
     assert tg_sentinels == [VOCAB - 1 - i for i in range(len(tg_sentinels))]
@@ -333,13 +331,7 @@ def test_property_noise_and_span_counts_are_t5s(length, density, mean_span, seed
         assert not mask[0] and mask[-1]
         # ... and through preprocess: noise tokens sit in the targets, one sentinel per span.
         tokens = np.arange(3, 3 + length)
-        ex = sc.preprocess(
-            tokens,
-            vocab_size=VOCAB,
-            rng=np.random.default_rng(seed),
-            noise_density=density,
-            mean_noise_span_length=mean_span,
-        )
+        ex = _corrupt(tokens, density, mean_span, seed)
         assert (
             len(ex["targets"]) == noise + spans + 1
             and len(ex["inputs"]) == length - noise + spans + 1
