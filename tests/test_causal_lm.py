@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import cross_entropy
 
 from objectives import causal_lm
 from t5x_lite import config, data, models
@@ -194,3 +195,23 @@ def test_describe_example_shows_the_first_document(tok, decoder_tiny):
     assert lines[1] == f"  text:      {tok.decode(batch['targets'][0][first].tolist())}"
     predicted = np.asarray(decoder_tiny(batch["inputs"][:1], segment_ids=batch["segment_ids"][:1]))
     assert lines[2] == f"  predicted: {tok.decode(predicted[0].argmax(-1)[first].tolist())}"
+
+
+def test_loss_fn_is_the_cross_entropy_of_packed_real_tokens():
+    """Two packed documents and padding: the loss is the mean next-token cross-entropy over the
+    real tokens of the model run with the segments; num_tokens counts those tokens."""
+    model = models.build(config.get_preset("decoder-tiny", num_layers=1, vocab_size=64), seed=0)
+    model.eval()
+    segments = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]], np.int32)
+    rng = np.random.default_rng(0)
+    targets = np.where(segments > 0, rng.integers(2, 64, segments.shape), 0).astype(np.int32)
+    batch = {
+        "inputs": np.asarray(causal_lm.shift_right_segments(targets, segments)),
+        "targets": targets,
+        "segment_ids": segments,
+    }
+    loss, metrics = causal_lm.loss_fn(model, batch)
+    logits = model(batch["inputs"], segment_ids=segments)
+    want = cross_entropy(logits, targets, segments > 0)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert causal_lm.num_tokens(batch) == int(metrics["num_tokens"]) == 11

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import cross_entropy
 
 from objectives import masked_lm
 from t5x_lite import config, data, models
@@ -287,3 +288,26 @@ def test_describe_example_shows_the_hidden_tokens(tok):
     assert lines[1] == f"  input:   {tok.decode(batch['inputs'][0][:64].tolist())}"
     assert lines[2] == f"  hidden:  {tok.decode(batch['targets'][0][selected].tolist())}"
     assert lines[3] == f"  guessed: {tok.decode(guesses[0].argmax(-1)[selected].tolist())}"
+
+
+def test_loss_fn_is_the_cross_entropy_of_the_selected_positions():
+    """The loss counts the selected positions only (loss_mask), with the model run over the
+    packed segments; num_tokens counts every real token."""
+    model = models.build(config.get_preset("encoder-tiny", num_layers=1, vocab_size=64), seed=0)
+    model.eval()
+    segments = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]], np.int32)
+    rng = np.random.default_rng(0)
+    targets = np.where(segments > 0, rng.integers(2, 64, segments.shape), 0).astype(np.int32)
+    loss_mask = np.array([[1, 0, 1, 0, 1, 0], [0, 1, 0, 0, 0, 1]], np.int32)
+    inputs = np.where(loss_mask > 0, 63, targets).astype(np.int32)
+    batch = {
+        "inputs": inputs,
+        "targets": targets,
+        "segment_ids": segments,
+        "loss_mask": loss_mask,
+    }
+    loss, metrics = masked_lm.loss_fn(model, batch)
+    want = cross_entropy(model(inputs, segment_ids=segments), targets, loss_mask)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert int(metrics["num_tokens"]) == 5
+    assert masked_lm.num_tokens(batch) == 11

@@ -9,9 +9,10 @@ import chex
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import cross_entropy
 
 from objectives import seq2seq
-from t5x_lite import data, decoding
+from t5x_lite import data, decoding, models
 
 EOS = 1
 
@@ -156,3 +157,21 @@ def test_describe_example_shows_input_target_and_greedy_output(tok, tiny_t5):
     assert lines[2] == f"  target: {tok.decode(batch['targets'][0].tolist())}"
     assert lines[3] == f"  output: {tok.decode(np.asarray(output[0]).tolist())}"
     assert tok.decode(batch["targets"][0].tolist()) == texts[0][1]
+
+
+def test_loss_fn_is_the_cross_entropy_of_real_target_tokens(tiny_t5):
+    """Padded rows: the loss is the teacher-forced cross-entropy over non-pad targets of the
+    model run with both padding masks; num_tokens counts real inputs and targets."""
+    rng = np.random.default_rng(0)
+    inputs = np.array([[5, 6, 7, 1, 0, 0], [8, 9, 10, 11, 12, 1]], np.int32)
+    targets = np.array([[13, 14, 1, 0], [15, 1, 0, 0]], np.int32)
+    inputs = np.where(inputs > 1, rng.integers(2, 1000, inputs.shape), inputs).astype(np.int32)
+    decoder_inputs = np.asarray(models.shift_right(targets))
+    batch = {"inputs": inputs, "targets": targets, "decoder_inputs": decoder_inputs}
+    loss, metrics = seq2seq.loss_fn(tiny_t5, batch)
+    logits = tiny_t5(
+        inputs, decoder_inputs, attention_mask=inputs != 0, decoder_attention_mask=targets != 0
+    )
+    np.testing.assert_allclose(float(loss), cross_entropy(logits, targets, targets != 0), rtol=1e-5)
+    assert int(metrics["num_tokens"]) == 5
+    assert seq2seq.num_tokens(batch) == 10 + 5
