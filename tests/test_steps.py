@@ -110,3 +110,29 @@ def test_eval_step_is_the_loss_in_eval_mode(batch):
     )[1]
     chex.assert_trees_all_close(got, want, rtol=1e-5)
     assert set(got) == {"loss", "accuracy", "num_tokens"}
+
+
+def test_loss_options_schedule_and_dropout_reach_the_step(batch):
+    """The loss keyword arguments reach loss_fn (z-loss raises the logged loss by z * mean
+    log Z^2 > 0), `learning_rate` is the schedule at the optimizer's step, and dropout is
+    reseeded from (seed, step): the same (seed, step) gives the same loss, another seed does not."""
+    model = _model(dropout_rate=0.5)
+    model.train()
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param)))
+    schedule = optax.linear_schedule(0.0, 1.0, transition_steps=10)
+
+    def run(seed, **loss_kwargs):
+        train_step = steps.make_train_step(
+            graphdef, seq2seq.loss_fn, schedule=schedule, seed=seed, **loss_kwargs
+        )
+        step = jax.jit(train_step)
+        after, first = step(state, batch)
+        return first, step(after, batch)[1]  # steps 0 and 1 (lr 0 at step 0: same params)
+
+    (a0, a1), (b0, _), (c0, _) = run(0), run(0), run(1)
+    (z0, _) = run(0, z_loss=1e-2)
+    assert float(a0["learning_rate"]) == schedule(0) and float(a1["learning_rate"]) == schedule(1)
+    assert float(a0["loss"]) == float(b0["loss"])  # same seed and step: same dropout masks
+    assert float(a0["loss"]) != float(a1["loss"])  # next step: new masks
+    assert float(a0["loss"]) != float(c0["loss"])  # other seed: other masks
+    assert float(z0["loss"]) > float(a0["loss"])
