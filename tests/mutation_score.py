@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -82,8 +83,10 @@ def all_mutant_names() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(REPO)  # mutmut reads its config from pyproject.toml here
         for module in SCOPE:
-            out = Path(tmp) / f"{module}.py"
-            create_mutants_for_file(REPO / (module.replace(".", "/") + ".py"), out)
+            source, out = Path(tmp) / f"{module}.py", Path(tmp) / f"{module}.mutants.py"
+            # from a copy: mutmut writes its bookkeeping files beside the file it reads
+            shutil.copy(REPO / (module.replace(".", "/") + ".py"), source)
+            create_mutants_for_file(source, out)
             defs = re.findall(r"^\s*def (\S+__mutmut_\d+)\(", out.read_text(), re.M)
             names += [f"{module}.{d}" for d in defs]
     return [n for n in names if in_scope(n)]
