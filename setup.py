@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["t5x_lite*", "objectives*", "rlhf*", "sharding*", "configs*"]),
+    packages=find_packages(include=["t5x_lite*", "objectives*", "sharding*", "configs*"]),
     package_data={"t5x_lite": ["assets/*", "assets/**/*"]},
     install_requires=[
         "jax>=0.10,<0.11",
@@ -30,6 +30,7 @@ setup(
         "tqdm>=4.66,<5",
         "numpy>=1.26",
         "tensorboardX>=2.6,<3",
+        "qwix==0.1.8",
     ],
     extras_require={
         "test": [

@@ -6,8 +6,12 @@ boolean, True where a query may attend to a key, shaped (B, 1, T, S) so they bro
 over heads:
 
     mask = combine_masks(key_padding_mask(k_valid), causal_mask(q_pos, k_pos))
-    out = attn(x, x, bias=position_bias, mask=mask)          # self-attention
-    out = attn(y, encoded, mask=key_padding_mask(x_valid))   # cross-attention
+    out, _ = attn(x, bias=position_bias, mask=mask)                  # self-attention
+    out, _ = attn(y, encoded, mask=key_padding_mask(x_valid))        # cross-attention
+    out, cache = attn(x1, bias=b, mask=m, cache=cache, cache_index=i)  # a decoding step
+
+Products are `jnp.einsum`s on operands cast by Flax's `promote_dtype` (see `layers`). Inside,
+heads come before positions, as in Hugging Face's caches.
 
 Shapes: B batch, T query length, S key length, D d_model, N heads, H head dim.
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
-from t5x_lite import layers
+from t5x_lite import xla_cpu
+from t5x_lite.cache import KVCache
 from t5x_lite.layers import normal, param
 
 # Large finite negative: a fully masked row stays finite (uniform) instead of NaN.
@@ -60,97 +66,35 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     return out
 
 
-def _sum_leading(x: jax.Array, size: int) -> jax.Array:
-    """Sum the leading axis down to `size` (1 or unchanged) by halving: XLA:CPU reduces a
-    leading axis ~50x slower than it adds two contiguous halves."""
-    while x.shape[0] > size:
-        half = x.shape[0] // 2
-        odd = x[2 * half :]
-        x = x[:half] + x[half : 2 * half]
-        if odd.shape[0]:
-            x = x.at[:1].add(odd)
-    return x
-
-
-@jax.custom_vjp
-def add_bias(scores: jax.Array, bias: jax.Array) -> jax.Array:
-    """scores (B, N, T, S) + bias broadcast over the batch (1|B, N, T, S)."""
-    return scores + bias
-
-
-def _add_bias_fwd(scores, bias):
-    return scores + bias, bias.shape[0]
-
-
-def _add_bias_bwd(bias_batch, g):
-    return g, _sum_leading(g, bias_batch)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-# Queries per block: a block's (B, N, 128, S) scores stay in cache through the softmax passes,
-# ~25% faster than the whole (B, N, T, S) at T = S = 512 on XLA:CPU.
-QUERY_BLOCK = 128
-
-
-def _rows(x: jax.Array | None, start: int, stop: int) -> jax.Array | None:
-    """Query rows [start, stop) of a (.., T|1, S) bias or mask (a broadcast T of 1 stays)."""
-    return x if x is None or x.shape[-2] == 1 else x[..., start:stop, :]
-
-
 def dot_product_attention(
-    q: jax.Array,  # (B, T, N, H)
-    k: jax.Array,  # (B, S, N, H), or (B, N, H, S) with heads_first
-    v: jax.Array,  # (B, S, N, H), or (B, N, S, H) with heads_first
+    q: jax.Array,  # (B, N, T, H)
+    k: jax.Array,  # (B, N, S, H)
+    v: jax.Array,  # (B, N, S, H)
     *,
     bias: jax.Array | None = None,  # (1|B, N, T, S) float32
     mask: jax.Array | None = None,  # (1|B, 1|N, T|1, S) bool
     dropout: nnx.Dropout | None = None,
-    heads_first: bool = False,
-) -> jax.Array:  # (B, T, N, H)
-    """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling.
-
-    Computed in blocks of `QUERY_BLOCK` queries (each block sees every key, so the result is
-    the same). `heads_first` keys/values (the decoding caches' layout: keys already transposed)
-    are read as stored: for one query token against a long cache, XLA:CPU would otherwise
-    transpose the cache at every step, which costs up to 8x the attention itself.
-    """
-    length = q.shape[1]
-    if length > QUERY_BLOCK:
-        blocks = [
-            _attend(
-                q[:, i : i + QUERY_BLOCK],
-                k,
-                v,
-                _rows(bias, i, i + QUERY_BLOCK),
-                _rows(mask, i, i + QUERY_BLOCK),
-                dropout,
-                heads_first,
-            )
-            for i in range(0, length, QUERY_BLOCK)
-        ]
-        return jnp.concatenate(blocks, axis=1)
-    return _attend(q, k, v, bias, mask, dropout, heads_first)
-
-
-def _attend(q, k, v, bias, mask, dropout, heads_first):
-    k_axes, v_axes = ("BNHS", "BNSH") if heads_first else ("BSNH", "BSNH")
-    scores = jnp.einsum(f"BTNH,{k_axes}->BNTS", q, k, preferred_element_type=jnp.float32)
+) -> jax.Array:  # (B, N, T, H)
+    """softmax(q k^T + bias, masked) v, without T5's absent 1/sqrt(H) scaling; scores and
+    softmax in float32. Heads come before positions (the layout of Hugging Face's caches): a
+    decoding step's one query then reads the cached keys and values as stored."""
+    scores = jnp.einsum("BNTH,BNSH->BNTS", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
-        scores = add_bias(scores, bias)
+        scores = xla_cpu.bias_add()(scores, bias)
     if mask is not None:
         scores = jnp.where(mask, scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     if dropout is not None:
         weights = dropout(weights)
-    return jnp.einsum(f"BNTS,{v_axes}->BTNH", weights, v)
+    return jnp.einsum("BNTS,BNSH->BNTH", weights, v)
 
 
 class MultiHeadAttention(nnx.Module):
     """Bias-free q/k/v/o projections around `dot_product_attention`, with an optional KV cache.
 
     Kernels: q, k, v (D, N, H) named (embed, heads, kv); o (N, H, D) named (heads, kv, embed).
+    Every call returns `(out, cache)`: the updated self-attention `KVCache` when one was given,
+    else None.
     """
 
     def __init__(
@@ -180,21 +124,13 @@ class MultiHeadAttention(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.dtype = dtype
 
-    def project_kv(self, x: jax.Array, *, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
-        """(B, S, D) -> keys and values, each (B, S, N, H); with heads_first (the caches'
-        layout) keys (B, N, H, S) and values (B, N, S, H)."""
-        x = x.astype(self.dtype)
-        k = jnp.einsum("BSD,DNH->BSNH", x, self.k[...].astype(self.dtype))
-        v = jnp.einsum("BSD,DNH->BSNH", x, self.v[...].astype(self.dtype))
-        if heads_first:  # transpose the (small) result, not the kernels, inside decoding loops
-            k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)
-        return k, v
+    def _project(self, x: jax.Array, kernel: nnx.Param) -> jax.Array:  # (B, T, D) -> (B, N, T, H)
+        x, w = dtypes.promote_dtype((x, kernel[...]), dtype=self.dtype)
+        return jnp.einsum("BTD,DNH->BNTH", x, w)
 
-    def qkv_kernel(self) -> jax.Array:
-        """q, k and v stacked as one (D, 3*N*H) kernel (q, k, v order; heads, then kv within
-        each), in the compute dtype: a decoding step's single self-attention projection."""
-        w = jnp.stack([self.q[...], self.k[...], self.v[...]], axis=1).astype(self.dtype)
-        return w.reshape(w.shape[0], -1)
+    def project_kv(self, x: jax.Array) -> KVCache:
+        """(B, S, D) -> its keys and values, each (B, N, S, H) (a cross-attention cache)."""
+        return KVCache(self._project(x, self.k), self._project(x, self.v))
 
     def __call__(
         self,
@@ -203,64 +139,15 @@ class MultiHeadAttention(nnx.Module):
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
-        cache: dict | None = None,  # k (B, N, H, S_max), v (B, N, S_max, H); see _append
+        cache: KVCache | None = None,  # self-attention: this step's k/v go in at cache_index
         cache_index: jax.Array | None = None,
-        kv: dict | None = None,  # {"k", "v"} projected already (cross-attention), as the cache
-    ) -> jax.Array | tuple[jax.Array, dict]:
-        x = x.astype(self.dtype)
-        decoding = cache is not None or kv is not None  # caches are laid out heads first
-        b, t, _ = x.shape
-        n, hd = self.q.shape[1:]
-        step = decoding and layers.step_layouts(b * t)  # one decoding step, on CPU
-        if step and kv is None and kv_input is None:
-            # One product for q, k and v: the three kernels stacked (once, before the loop).
-            qkv = layers.project(x, self.qkv_kernel()).reshape(b, t, 3, n, hd)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-            k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # heads first
-        else:
-            if step:
-                q = layers.project(x, self.q[...].astype(self.dtype).reshape(-1, n * hd))
-                q = q.reshape(b, t, n, hd)
-            else:
-                q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(self.dtype))
-            if kv is not None:
-                k, v = kv["k"], kv["v"]
-            else:
-                k, v = self.project_kv(x if kv_input is None else kv_input, heads_first=decoding)
-        if cache is not None:
-            # Decoding: append this step's keys/values at cache_index, attend over the cache.
-            cache = _append(cache, k, v, cache_index)
-            k, v = (c[None] if c.ndim == 3 else c for c in (cache["k"], cache["v"]))
-        h = dot_product_attention(
-            q,
-            k.astype(self.dtype),
-            v.astype(self.dtype),
-            bias=bias,
-            mask=mask,
-            dropout=self.dropout,
-            heads_first=decoding,
-        )
-        if decoding:  # a plain (B*T, N*H) x (N*H, D) matmul: the kernel is read as stored
-            o = self.o[...].astype(self.dtype).reshape(n * hd, -1)
-            out = layers.project(h.reshape(b, t, n * hd), o)
-        else:
-            out = jnp.einsum("BTNH,NHD->BTD", h, self.o[...].astype(self.dtype))
-        return out if cache is None else (out, cache)
-
-
-def _append(cache: dict, k: jax.Array, v: jax.Array, index: jax.Array) -> dict:
-    """The cache with this step's keys (B, N, H, T) and values (B, N, T, H) written at slot
-    `index`. A batch of one may be cached without its batch axis, k (N, H, S) and v (N, S, H):
-    `decoding` carries it so through its loop, because XLA:CPU would otherwise make the update
-    twice, each on its own copy of the cache, when the batch axis of 1 is dropped for the
-    attention products."""
-    if cache["k"].ndim == 3:
-        if k.shape[0] != 1:
-            raise ValueError(f"a cache without a batch axis holds one row, got {k.shape[0]} rows")
-        k, v, at_k, at_v = k[0], v[0], (0, 0, index), (0, index, 0)
-    else:
-        at_k, at_v = (0, 0, 0, index), (0, 0, index, 0)
-    return {
-        "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at_k),
-        "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at_v),
-    }
+        kv: KVCache | None = None,  # cross-attention keys/values projected already
+    ) -> tuple[jax.Array, KVCache | None]:
+        q = self._project(x, self.q)
+        if kv is None:
+            kv = self.project_kv(x if kv_input is None else kv_input)
+        if cache is not None:  # decoding: attend over everything cached so far
+            cache = kv = cache.update(kv.k, kv.v, cache_index)
+        h = dot_product_attention(q, kv.k, kv.v, bias=bias, mask=mask, dropout=self.dropout)
+        h, o = dtypes.promote_dtype((h, self.o[...]), dtype=self.dtype)
+        return jnp.einsum("BNTH,NHD->BTD", h, o), cache

@@ -9,14 +9,12 @@ Returns tokens (B, max_new_tokens), padded after each sequence's EOS, and the lo
 (float32, from the unscaled logits) of each chosen token, 0 after EOS. Beam search returns the
 best beam; its score, as Hugging Face ranks beams, is `beam_scores(tokens, logprobs, ...)`.
 
-Both generating assemblies work. `EncoderDecoder`: the encoder runs once, and each layer's
-cross-attention keys/values are projected once into the cache. `DecoderOnly`: the prompts are
-left-aligned (real tokens last; relative position bias sees only distances, so the shift is
-invisible) and prefilled in one pass. Each step then feeds one token through `model.decode` with
-the self-attention cache. Prompt lengths are padded up to a bucket (a power of two, at least
-16), so calls with similar lengths reuse the compiled programs: the prompt pass (encoder and
-cross-attention K/V, or the decoder-only prefill) is one, the loop another. Only `encode`,
-`decode` and `init_cache` are called: nothing here knows about tokenization.
+Any model with `generates = True` works (`EncoderDecoder`, `DecoderOnly`): its `prefill` runs the
+prompt pass (the encoder and cross-attention K/V once, or the decoder-only prompt) into a
+`DecodingCache`, and its `step` feeds one token per row. Prompt lengths are padded up to a bucket
+(a power of two, at least 16), so calls with similar lengths reuse the compiled programs: the
+prompt pass is one, the loop another. Nothing here knows about tokenization or which assembly it
+drives.
 """
 
 from __future__ import annotations
@@ -26,8 +24,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from t5x_lite import layers, models
+from t5x_lite import models
+from t5x_lite.cache import DecodingCache
 
 _NEG = -1.0e9  # Hugging Face's "removed" beam score
 
@@ -35,59 +35,6 @@ _NEG = -1.0e9  # Hugging Face's "removed" beam score
 def bucket_length(length: int, minimum: int = 16) -> int:
     """The padded prompt length compiled for: the next power of two, at least `minimum`."""
     return max(minimum, 1 << max(0, length - 1).bit_length())
-
-
-def _left_align(input_ids, attention_mask):
-    """Move each row's real tokens to the end (stable), so the last prompt token is the last
-    column; works for right- or left-padded rows."""
-    order = jnp.argsort(attention_mask.astype(jnp.int32), axis=1, stable=True)
-    return (
-        jnp.take_along_axis(input_ids, order, axis=1),
-        jnp.take_along_axis(attention_mask, order, axis=1),
-    )
-
-
-def _prefill(model, input_ids, attention_mask, max_new_tokens, start_id):
-    """Logits of the first new token (B, V), the cache and what each step needs (`context`)."""
-    batch = input_ids.shape[0]
-    if isinstance(model, models.EncoderDecoder):
-        encoded = model.encode(input_ids, attention_mask)
-        # +1 slot: the start token, then every generated token but the last is fed back.
-        cache = model.init_cache(batch, max_new_tokens + 1, encoded=encoded)
-        start = jnp.full((batch, 1), start_id, jnp.int32)
-        logits, cache = model.decode(start, None, attention_mask, cache=cache)
-        return logits[:, -1], cache, {"encoder_mask": attention_mask}
-    input_ids, attention_mask = _left_align(input_ids, attention_mask)
-    slots = jnp.concatenate(
-        [attention_mask, jnp.ones((batch, max_new_tokens), attention_mask.dtype)], axis=1
-    )
-    cache = model.init_cache(batch, slots.shape[1])
-    logits, cache = model.decode(input_ids, slots, cache=cache)
-    return logits[:, -1], cache, {"slots": slots}
-
-
-def _step(model, tokens, cache, context):
-    """Feed one token per row: (B,) -> next logits (B, V), new cache. Traced inside the loops,
-    with the weight products in their decoding-step layouts (`layers.decoding_step`)."""
-    with layers.decoding_step():
-        if isinstance(model, models.EncoderDecoder):
-            logits, cache = model.decode(
-                tokens[:, None], None, context["encoder_mask"], cache=cache
-            )
-        else:
-            logits, cache = model.decode(tokens[:, None], context["slots"], cache=cache)
-    return logits[:, -1], cache
-
-
-def _argmax(logits):
-    """jnp.argmax over the last axis (the first index of the largest value), as two vectorised
-    reductions, max then the least index holding it: XLA:CPU's fused index-tracking reduce
-    takes about 3-5x as long over a vocabulary. (B, V) -> (B,) int32; a row without a largest
-    value (NaN) gives the last index."""
-    vocab = logits.shape[-1]
-    best = jnp.max(logits, axis=-1, keepdims=True)
-    index = jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab)
-    return jnp.minimum(jnp.min(index, axis=-1), vocab - 1)
 
 
 def _block_eos(logits, i, min_new_tokens, eos_id):
@@ -100,7 +47,7 @@ def _block_eos(logits, i, min_new_tokens, eos_id):
 
 
 # Compile-time arguments of the programs (a new value compiles a new program).
-_PREFILL_STATIC = ("max_new_tokens", "start_id")
+_PREFILL_STATIC = ("max_new_tokens",)
 _STATIC = ("max_new_tokens", "min_new_tokens", "eos_id", "pad_id")
 _SAMPLE_STATIC = (*_STATIC, "temperature", "top_k", "top_p")
 _BEAM_STATIC = (*_STATIC, "num_beams", "length_penalty")
@@ -120,15 +67,27 @@ def _eval_model(model):
     return model
 
 
-def _prompt_pass(model, input_ids, attention_mask, *, max_new_tokens, start_id):
-    return _prefill(_eval_model(model), input_ids, attention_mask, max_new_tokens, start_id)
+def _prompt_pass(model, input_ids, attention_mask, *, max_new_tokens):
+    return _eval_model(model).prefill(input_ids, attention_mask, max_new_tokens)
+
+
+@struct.dataclass
+class SampleState:
+    """The greedy / sampling loop's carry. B batch, N max_new_tokens, V vocab."""
+
+    i: jax.Array  # () int32, tokens chosen so far
+    logits: jax.Array  # (B, V) float32, for the next token
+    cache: DecodingCache
+    tokens: jax.Array  # (B, N) int32, pad after EOS
+    logprobs: jax.Array  # (B, N) float32, 0 after EOS
+    rng: jax.Array
+    done: jax.Array  # (B,) bool: the row has emitted EOS
 
 
 def _sample_loop(
     model,
     logits,
     cache,
-    context,
     rng,
     *,
     max_new_tokens,
@@ -141,36 +100,43 @@ def _sample_loop(
 ):
     model = _eval_model(model)
     batch = logits.shape[0]
-    tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-    logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
-    done = jnp.zeros((batch,), bool)
 
-    def cond(carry):
-        i, *_, done = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
+    def cond(s: SampleState):
+        return (s.i < max_new_tokens) & ~jnp.all(s.done)
 
-    def body(carry):
-        i, logits, cache, tokens, logprobs, rng, done = carry
-        log_p = jax.nn.log_softmax(logits, axis=-1)
-        logits = _block_eos(logits, i, min_new_tokens, eos_id)
+    def body(s: SampleState):
+        log_p = jax.nn.log_softmax(s.logits, axis=-1)
+        logits = _block_eos(s.logits, s.i, min_new_tokens, eos_id)
+        rng = s.rng
         if temperature > 0:
             rng, key = jax.random.split(rng)
             choice = sample(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
         else:
-            choice = _argmax(logits)
-        choice = jnp.where(done, pad_id, choice).astype(jnp.int32)
-        chosen_lp = jnp.where(done, 0.0, jnp.take_along_axis(log_p, choice[:, None], -1)[:, 0])
-        tokens = tokens.at[:, i].set(choice)
-        logprobs = logprobs.at[:, i].set(chosen_lp)
-        done = done | (choice == eos_id)
-        logits, cache = _step(model, choice, cache, context)
-        return i + 1, logits, cache, tokens, logprobs, rng, done
+            choice = jnp.argmax(logits, axis=-1)
+        choice = jnp.where(s.done, pad_id, choice).astype(jnp.int32)
+        chosen_lp = jnp.take_along_axis(log_p, choice[:, None], -1)[:, 0]
+        logits, cache = model.step(choice, s.cache)
+        return SampleState(
+            i=s.i + 1,
+            logits=logits,
+            cache=cache,
+            tokens=s.tokens.at[:, s.i].set(choice),
+            logprobs=s.logprobs.at[:, s.i].set(jnp.where(s.done, 0.0, chosen_lp)),
+            rng=rng,
+            done=s.done | (choice == eos_id),
+        )
 
-    if batch == 1:  # carried without the batch axis: see attention._append
-        cache = {**cache, "layers": jax.tree.map(lambda x: x[0], cache["layers"])}
-    carry = (jnp.zeros((), jnp.int32), logits, cache, tokens, logprobs, rng, done)
-    _, _, _, tokens, logprobs, _, _ = jax.lax.while_loop(cond, body, carry)
-    return tokens, logprobs
+    state = SampleState(
+        i=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        rng=rng,
+        done=jnp.zeros((batch,), bool),
+    )
+    state = jax.lax.while_loop(cond, body, state)
+    return state.tokens, state.logprobs
 
 
 def _gather_beams(x, index):
@@ -184,11 +150,28 @@ def _repeat_rows(tree, n):
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
 
 
+@struct.dataclass
+class BeamState:
+    """Beam search's carry. B batch, K num_beams, N max_new_tokens, V vocab."""
+
+    i: jax.Array  # () int32, tokens chosen so far
+    logits: jax.Array  # (B*K, V) float32, each running beam's next-token logits
+    cache: DecodingCache  # rows ordered as the running beams, B*K
+    running_tokens: jax.Array  # (B, K, N) int32, the running beams
+    running_lp: jax.Array  # (B, K, N) float32, their per-token log-probs
+    running_scores: jax.Array  # (B, K) sum of log-probs (-1e9: no beam)
+    tokens: jax.Array  # (B, K, N) the finished beams, best first
+    lp: jax.Array  # (B, K, N)
+    scores: jax.Array  # (B, K) length-penalised score (-1e9: empty slot)
+    finished: jax.Array  # (B, K) bool: the slot holds a finished beam
+    improvable: jax.Array  # (B, 1) bool: a running beam can still beat a finished one
+    all_stopped: jax.Array  # () bool: every candidate of the last step stopped
+
+
 def _beam_search(
     model,
     logits,
     cache,
-    context,
     *,
     max_new_tokens,
     min_new_tokens,
@@ -205,43 +188,42 @@ def _beam_search(
     model = _eval_model(model)
     batch, beams, n = logits.shape[0], num_beams, max_new_tokens
     # Every beam of a row starts identical; only beam 0 may expand at the first step.
-    logits, cache, context = _repeat_rows((logits, cache, context), beams)
+    logits, cache = _repeat_rows((logits, cache), beams)
     vocab = logits.shape[-1]
     keep = 2 * beams
     top_beams = jnp.arange(keep) < beams  # only these candidates may become finished
     flat_offset = (jnp.arange(batch) * beams)[:, None]
 
-    running_tokens = jnp.full((batch, beams, n), pad_id, jnp.int32)
-    running_lp = jnp.zeros((batch, beams, n), jnp.float32)
-    running_scores = jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(_NEG)
-    carry = dict(
+    empty_tokens = jnp.full((batch, beams, n), pad_id, jnp.int32)
+    empty_lp = jnp.zeros((batch, beams, n), jnp.float32)
+    state = BeamState(
         i=jnp.zeros((), jnp.int32),
         logits=logits,
         cache=cache,
-        running_tokens=running_tokens,
-        running_lp=running_lp,
-        running_scores=running_scores,
-        tokens=running_tokens,
-        lp=running_lp,
+        running_tokens=empty_tokens,
+        running_lp=empty_lp,
+        running_scores=jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(_NEG),
+        tokens=empty_tokens,
+        lp=empty_lp,
         scores=jnp.full((batch, beams), _NEG, jnp.float32),
         finished=jnp.zeros((batch, beams), bool),
         improvable=jnp.ones((batch, 1), bool),
         all_stopped=jnp.zeros((), bool),
     )
 
-    def cond(c):
-        return (c["i"] < n) & jnp.any(c["improvable"]) & ~c["all_stopped"]
+    def cond(s: BeamState):
+        return (s.i < n) & jnp.any(s.improvable) & ~s.all_stopped
 
-    def body(c):
-        i = c["i"]
-        log_p = jax.nn.log_softmax(c["logits"], axis=-1)
+    def body(s: BeamState):
+        i = s.i
+        log_p = jax.nn.log_softmax(s.logits, axis=-1)
         scored = _block_eos(log_p, i, min_new_tokens, eos_id).reshape(batch, beams, vocab)
-        total = (scored + c["running_scores"][..., None]).reshape(batch, beams * vocab)
+        total = (scored + s.running_scores[..., None]).reshape(batch, beams * vocab)
         cand_scores, flat = jax.lax.top_k(total, keep)  # (B, 2K), best first
         source, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         token_lp = jnp.take_along_axis(log_p.reshape(batch, beams * vocab), flat, axis=1)
-        cand_tokens = _gather_beams(c["running_tokens"], source).at[:, :, i].set(token)
-        cand_lp = _gather_beams(c["running_lp"], source).at[:, :, i].set(token_lp)
+        cand_tokens = _gather_beams(s.running_tokens, source).at[:, :, i].set(token)
+        cand_lp = _gather_beams(s.running_lp, source).at[:, :, i].set(token_lp)
         stops = (token == eos_id) | (i + 1 >= n)
 
         # The best num_beams candidates that did not stop keep running.
@@ -249,46 +231,44 @@ def _beam_search(
         _, pick = jax.lax.top_k(live, beams)
         running_scores = _gather_beams(live, pick)
         running_tokens = _gather_beams(cand_tokens, pick)
-        running_lp = _gather_beams(cand_lp, pick)
         parent = (_gather_beams(source, pick) + flat_offset).reshape(-1)
 
         # Candidates that stopped join the finished set if they rank among its best.
         length = (i + 1).astype(jnp.float32)
         final = cand_scores / length**length_penalty
-        final = final + (~c["improvable"]) * _NEG + (~(stops & top_beams)) * _NEG
-        merged = jnp.concatenate([c["scores"], final], axis=1)
+        final = final + (~s.improvable) * _NEG + (~(stops & top_beams)) * _NEG
+        merged = jnp.concatenate([s.scores, final], axis=1)
         _, best = jax.lax.top_k(merged, beams)
         scores = _gather_beams(merged, best)
-        tokens = _gather_beams(jnp.concatenate([c["tokens"], cand_tokens], axis=1), best)
-        lp = _gather_beams(jnp.concatenate([c["lp"], cand_lp], axis=1), best)
-        finished = _gather_beams(jnp.concatenate([c["finished"], stops & top_beams], axis=1), best)
+        merge = lambda old, new: _gather_beams(jnp.concatenate([old, new], axis=1), best)
+        finished = merge(s.finished, stops & top_beams)
 
         # Can the best running beam, scored at this length, still beat a finished one?
         best_running = running_scores[:, :1] / length**length_penalty
         worst_finished = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), _NEG)
-        improvable = c["improvable"] & jnp.any(best_running > worst_finished, -1, keepdims=True)
+        improvable = s.improvable & jnp.any(best_running > worst_finished, -1, keepdims=True)
 
         # Each running beam continues its parent's self-attention cache (cross K/V are the same
         # for every beam of a row).
-        cache = {**c["cache"], "layers": jax.tree.map(lambda x: x[parent], c["cache"]["layers"])}
-        logits, cache = _step(model, running_tokens[:, :, i].reshape(-1), cache, context)
-        return dict(
+        cache = s.cache.replace(layers=jax.tree.map(lambda x: x[parent], s.cache.layers))
+        logits, cache = model.step(running_tokens[:, :, i].reshape(-1), cache)
+        return BeamState(
             i=i + 1,
             logits=logits,
             cache=cache,
             running_tokens=running_tokens,
-            running_lp=running_lp,
+            running_lp=_gather_beams(cand_lp, pick),
             running_scores=running_scores,
-            tokens=tokens,
-            lp=lp,
+            tokens=merge(s.tokens, cand_tokens),
+            lp=merge(s.lp, cand_lp),
             scores=scores,
             finished=finished,
             improvable=improvable,
             all_stopped=jnp.all(stops),
         )
 
-    c = jax.lax.while_loop(cond, body, carry)
-    return c["tokens"][:, 0], c["lp"][:, 0]
+    state = jax.lax.while_loop(cond, body, state)
+    return state.tokens[:, 0], state.lp[:, 0]
 
 
 def beam_scores(tokens, logprobs, *, length_penalty: float = 1.0, eos_id: int = 1, pad_id: int = 0):
@@ -440,9 +420,10 @@ def generate(
         top_p=top_p,
         num_beams=num_beams,
     )
-    if not isinstance(model, (models.EncoderDecoder, models.DecoderOnly)):
+    if not getattr(model, "generates", False):
         raise TypeError(
-            f"generate needs an EncoderDecoder or DecoderOnly model, got {type(model).__name__}"
+            f"generate needs a model that generates (EncoderDecoder or DecoderOnly), got "
+            f"{type(model).__name__}"
         )
     input_ids = np.asarray(input_ids, np.int32)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -458,12 +439,8 @@ def generate(
         empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
         raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
     input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
-    logits, cache, context = _jitted(_prompt_pass, _PREFILL_STATIC)(
-        model,
-        input_ids,
-        attention_mask,
-        max_new_tokens=max_new_tokens,
-        start_id=model.config.decoder_start_token_id,
+    logits, cache = _jitted(_prompt_pass, _PREFILL_STATIC)(
+        model, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )
     common = dict(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_id=eos_id, pad_id=pad_id
@@ -473,7 +450,6 @@ def generate(
             model,
             logits,
             cache,
-            context,
             num_beams=num_beams,
             length_penalty=float(length_penalty),
             **common,
@@ -482,7 +458,6 @@ def generate(
         model,
         logits,
         cache,
-        context,
         jax.random.key(0) if rng is None else rng,
         temperature=float(temperature),
         top_k=int(top_k),

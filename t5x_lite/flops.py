@@ -63,6 +63,20 @@ def train_flops_per_example(
     )
 
 
+def decode_step_bytes(
+    cfg: ModelConfig, *, batch: int, inputs_length: int, position: int, bytes_per_value: int = 4
+) -> float:
+    """Bytes one cached decoding step of an encoder-decoder must read at least: the decoder's
+    weights a token goes through (self-attention q, k, v, o; cross-attention q, o, its K/V having
+    been projected once; the MLP; the LM head), the self-attention keys/values cached up to
+    `position`, and the cross-attention keys/values over `inputs_length` encoder positions."""
+    d, inner, layers = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.decoder_layers
+    mlp = (3 if cfg.is_gated else 2) * d * cfg.d_ff
+    weights = layers * (6 * d * inner + mlp) + cfg.vocab_size * d
+    cached = layers * 2 * batch * inner * (position + inputs_length)
+    return float(bytes_per_value * (weights + cached))
+
+
 def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
     """FLOP/s of an n x n x n matmul chain on the default device (best of `repeats`)."""
     key = jax.random.key(0)

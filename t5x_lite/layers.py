@@ -4,22 +4,21 @@ Every parameter is created through `param`, which attaches logical axis names
 (`vocab, embed, mlp, heads, kv, relpos_buckets, classes`) as `out_sharding` metadata;
 `sharding/` maps those names to mesh axes, so sharding is declared here once and nowhere else.
 Parameters live in `param_dtype` (float32); computation runs in `dtype` (bfloat16 on
-accelerators), with normalisation statistics in float32 as T5 does. Every weight product
-goes through `project`, which inside a decoding loop's step (`decoding_step`) uses the layouts
-XLA:CPU reads weights fastest in.
+accelerators), with normalisation statistics in float32 as T5 does. Every weight product is a
+`jnp.einsum` on operands cast by Flax's `promote_dtype`, as `nnx.Linear` does it, so a library
+that intercepts those calls (qwix's LoRA and int8 quantization) sees every product.
 
 Shapes: B batch, T length, D d_model, F d_ff, V vocab.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
@@ -45,65 +44,6 @@ def param(
 
 def normal(stddev: float) -> Initializer:
     return jax.nn.initializers.normal(stddev=stddev)
-
-
-# ----------------------------------------------------------------------------- decoding steps
-
-# Rows up to which `project` uses its decoding-step layouts (one new token per row).
-DECODING_STEP_MAX_ROWS = 64
-_decoding_step = [False]
-
-
-@contextlib.contextmanager
-def decoding_step() -> Iterator[None]:
-    """Trace-time context that `decoding`'s loops enter while tracing one step (one new token
-    per row): inside it, on CPU, `project` multiplies few rows by a weight matrix in the layout
-    XLA:CPU streams fastest. Outside it, `project` is a plain product. The switch is read while
-    tracing and is not part of any jit cache key: enter it only around code traced for a
-    program of its own (as the loops' steps are), never around a call that may reuse a trace
-    made outside it."""
-    outer = _decoding_step[0]
-    _decoding_step[0] = True
-    try:
-        yield
-    finally:
-        _decoding_step[0] = outer
-
-
-def step_layouts(rows: int) -> bool:
-    """Whether `project` uses its decoding-step layouts for a product of `rows` rows here."""
-    return _decoding_step[0] and rows <= DECODING_STEP_MAX_ROWS and jax.default_backend() == "cpu"
-
-
-def _materialized(w: jax.Array) -> jax.Array:
-    """`w` as an array of its own in its logical layout (the barrier keeps XLA from folding a
-    transposed view back into the product that reads it). Inside a decoding loop the weights
-    are loop-invariant, so XLA computes this once, before the loop."""
-    return jax.lax.optimization_barrier(w)
-
-
-def project(x: jax.Array, kernel: jax.Array, *, vocab_major: bool = False) -> jax.Array:
-    """x (..., K) times a weight matrix: kernel (K, N), or (N, K) with `vocab_major` (the tied
-    embedding) -> (..., N).
-
-    Inside `decoding_step()` on CPU with at most `DECODING_STEP_MAX_ROWS` rows, the product is
-    arranged for how XLA:CPU reads a weight matrix from memory (benchmarks/decode_step_layouts.py
-    times generate with and without): one row reads it fastest as a (K, N) matrix on the right
-    (a tied embedding is copied to (D, V) for that), several rows as an (N, K) matrix on the
-    left of the transposed rows, `(W x^T)^T` (other kernels are copied to (N, K) for that).
-    The copies are made once per loop, before it, and cost the memory of those weights.
-    """
-    w = kernel.T if vocab_major else kernel  # (K, N) view
-    rows = math.prod(x.shape[:-1])
-    if not step_layouts(rows):
-        return jnp.einsum("...k,kn->...n", x, w)
-    x2 = x.reshape(rows, x.shape[-1])
-    if rows == 1:
-        y = x2 @ (_materialized(w) if vocab_major else w)
-    else:
-        w_left = kernel if vocab_major else _materialized(w.T)  # (N, K)
-        y = jax.lax.optimization_barrier(w_left @ jax.lax.optimization_barrier(x2.T)).T
-    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class RMSNorm(nnx.Module):
@@ -135,7 +75,8 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V)
-        return project(x, self.embedding[...].astype(self.dtype), vocab_major=True)
+        x, table = dtypes.promote_dtype((x, self.embedding[...]), dtype=self.dtype)
+        return jnp.einsum("...d,vd->...v", x, table)
 
 
 class Dense(nnx.Module):
@@ -162,10 +103,10 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
-        y = project(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        return y
+        bias = None if self.bias is None else self.bias[...]
+        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        y = jnp.einsum("...k,kn->...n", x, kernel)
+        return y if bias is None else y + bias
 
 
 _ACTIVATIONS = {

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sharding import rules
 from t5x_lite.attention import (
     causal_mask,
     combine_masks,
@@ -28,6 +27,7 @@ from t5x_lite.attention import (
     prefix_mask,
     segment_mask,
 )
+from t5x_lite.cache import DecodingCache, KVCache
 from t5x_lite.config import ModelConfig
 from t5x_lite.layers import Dense, Embed
 from t5x_lite.transformer import Stack
@@ -58,12 +58,12 @@ def _cross_attention_mask(encoder_valid, segment_ids, decoder_segment_ids):
     return None if encoder_valid is None else key_padding_mask(encoder_valid)
 
 
-def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
+def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache: DecodingCache | None):
     """(query positions, key positions, mask) for a causal stack over `length` new tokens.
 
     Without a cache: positions 0..T-1, causal (+ prefix-LM) and padding or segment masks. With a
-    cache: the new tokens sit at cache["index"] onwards, keys are every cache slot, and
-    `key_valid` (B, max_length) masks slots.
+    cache: the new tokens sit at `cache.index` onwards, keys are every cache position, and
+    `key_valid` (B, L) masks positions.
     """
     if cache is None:
         positions = jnp.arange(length)
@@ -75,8 +75,8 @@ def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
             positions,
             combine_masks(causal, _self_attention_mask(key_valid, segment_ids)),
         )
-    query_positions = cache["index"] + jnp.arange(length)
-    key_positions = jnp.arange(cache["layers"][0]["v"].shape[-2])
+    query_positions = cache.index + jnp.arange(length)
+    key_positions = jnp.arange(cache.max_length)
     mask = combine_masks(
         causal_mask(query_positions, key_positions),
         None if key_valid is None else key_padding_mask(key_valid),
@@ -84,8 +84,11 @@ def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache):
     return query_positions, key_positions, mask
 
 
-def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
-    """Run a causal `stack` on embeddings x: (hidden, new cache or None)."""
+def _run_causal(stack, x, key_valid, segment_ids, prefix, cache: DecodingCache | None, **cross):
+    """Run a causal `stack` on embeddings x: (hidden, new cache or None). With a cache, the keys
+    are masked by `key_valid` if given, else by the cache's own `key_mask`."""
+    if cache is not None and key_valid is None:
+        key_valid = cache.key_mask
     q, k, mask = _causal_inputs(x.shape[1], key_valid, segment_ids, prefix, cache)
     if cache is None:
         return stack(x, mask=mask, query_positions=q, key_positions=k, **cross)[0], None
@@ -94,31 +97,31 @@ def _run_causal(stack, x, key_valid, segment_ids, prefix, cache, **cross):
         mask=mask,
         query_positions=q,
         key_positions=k,
-        cache=cache["layers"],
-        cache_index=cache["index"],
-        cross_cache=cache.get("cross"),
+        cache=cache.layers,
+        cache_index=cache.index,
+        cross_cache=cache.cross,
         **cross,
     )
-    return hidden, {**cache, "index": cache["index"] + x.shape[1], "layers": layers}
+    return hidden, cache.replace(index=cache.index + x.shape[1], layers=layers)
 
 
-# Heads first, keys transposed: see dot_product_attention.
-_CACHE_AXES = {"k": ("batch", "heads", "kv", "length"), "v": ("batch", "heads", "length", "kv")}
+def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int, **fields):
+    """A `DecodingCache` of `max_length` empty positions per layer; under an active mesh laid
+    out by the same rules as everything else."""
+    layer = lambda: KVCache.zeros(batch_size, max_length, cfg.num_heads, cfg.d_kv, cfg.dtype)
+    return DecodingCache(
+        index=jnp.zeros((), jnp.int32), layers=[layer() for _ in range(num_layers)], **fields
+    )
 
 
-def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int) -> dict:
-    """Self-attention KV cache: per layer k (B, N, H, max_length), v (B, N, max_length, H) and
-    the filled length. Under an active mesh the cache is laid out by the same rules as
-    everything else."""
-    shapes = {
-        "k": (batch_size, cfg.num_heads, cfg.d_kv, max_length),
-        "v": (batch_size, cfg.num_heads, max_length, cfg.d_kv),
-    }
-    layer = lambda: {
-        name: rules.constrain(jnp.zeros(shape, cfg.dtype), _CACHE_AXES[name])
-        for name, shape in shapes.items()
-    }
-    return {"index": jnp.zeros((), jnp.int32), "layers": [layer() for _ in range(num_layers)]}
+def left_align(input_ids: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Move each row's real tokens to the end (stable), so the last prompt token is the last
+    column; works for right- or left-padded rows."""
+    order = jnp.argsort(attention_mask.astype(jnp.int32), axis=1, stable=True)
+    return (
+        jnp.take_along_axis(input_ids, order, axis=1),
+        jnp.take_along_axis(attention_mask, order, axis=1),
+    )
 
 
 def _embedding(cfg: ModelConfig, rngs: nnx.Rngs) -> Embed:
@@ -174,6 +177,8 @@ class _Assembly(nnx.Module):
 class EncoderDecoder(_Assembly):
     """T5 v1.0 / v1.1 / Flan-T5: bidirectional encoder, causal decoder with cross-attention."""
 
+    generates = True  # has `prefill` and `step` (decoding.generate)
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         self.shared = _embedding(cfg, rngs)
@@ -195,11 +200,13 @@ class EncoderDecoder(_Assembly):
         """(B, T) decoder ids + (B, S, D) encoded -> (B, T, V) logits.
 
         `attention_mask` / `segment_ids` describe the encoder input. With `cache` (from
-        `init_cache`), the T new tokens are written at `cache["index"]`, attention covers the
-        cache, and `(logits, new_cache)` is returned; `decoder_attention_mask` is then a
-        (B, max_length) mask over cache slots. A cache made with `encoded` holds the
-        cross-attention keys/values, and `encoded` may then be None.
+        `init_cache`), the T new tokens are written at `cache.index`, attention covers the
+        cache, and `(logits, new_cache)` is returned; `decoder_attention_mask` is then a (B, L)
+        mask over cache positions (default: the cache's `key_mask`). A cache made with `encoded`
+        holds the cross-attention keys/values and the encoder mask, and `encoded` may be None.
         """
+        if cache is not None and attention_mask is None:
+            attention_mask = cache.cross_mask
         cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
         hidden, new_cache = _run_causal(
             self.decoder,
@@ -235,25 +242,39 @@ class EncoderDecoder(_Assembly):
             decoder_segment_ids=decoder_segment_ids,
         )
 
-    def init_cache(self, batch_size: int, max_length: int, encoded: jax.Array | None = None):
+    def init_cache(
+        self, batch_size: int, max_length: int, encoded=None, attention_mask=None
+    ) -> DecodingCache:
         """Self-attention cache for `max_length` decoder tokens; given the (B, S, D) `encoded`
-        input, also each layer's cross-attention keys/values, projected once (`cache["cross"]`)."""
+        input (and its (B, S) `attention_mask`), also each layer's cross-attention keys/values,
+        projected once, and the mask over them."""
         cache = _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
-        if encoded is not None:
-            cache["cross"] = []
-            for layer in self.decoder.layers:
-                k, v = layer.cross_attn.project_kv(encoded, heads_first=True)
-                cache["cross"].append(
-                    {
-                        "k": rules.constrain(k, _CACHE_AXES["k"]),
-                        "v": rules.constrain(v, _CACHE_AXES["v"]),
-                    }
-                )
-        return cache
+        if encoded is None:
+            return cache
+        cross = [layer.cross_attn.project_kv(encoded).constrain() for layer in self.decoder.layers]
+        return cache.replace(cross=cross, cross_mask=attention_mask)
+
+    def prefill(self, input_ids, attention_mask, max_new_tokens: int):
+        """Generation's prompt pass: the encoder runs once, its cross-attention K/V go into a
+        cache with room for the start token and `max_new_tokens`, and the start token is fed.
+        -> (logits of the first new token (B, V), cache)."""
+        encoded = self.encode(input_ids, attention_mask)
+        batch = input_ids.shape[0]
+        cache = self.init_cache(batch, max_new_tokens + 1, encoded, attention_mask)
+        start = jnp.full((batch, 1), self.config.decoder_start_token_id, jnp.int32)
+        logits, cache = self.decode(start, None, cache=cache)
+        return logits[:, -1], cache
+
+    def step(self, tokens: jax.Array, cache: DecodingCache):
+        """One token per row (B,) through the cached decoder -> (next logits (B, V), cache)."""
+        logits, cache = self.decode(tokens[:, None], None, cache=cache)
+        return logits[:, -1], cache
 
 
 class DecoderOnly(_Assembly):
     """Causal LM (and prefix-LM) from the same blocks: a causal stack without cross-attention."""
+
+    generates = True
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -272,7 +293,8 @@ class DecoderOnly(_Assembly):
 
     def decode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None, cache=None):
         """(B, T) ids -> (B, T, V) logits; with `cache`, `(logits, new_cache)` as in
-        `EncoderDecoder.decode` (`attention_mask` is then (B, max_length) over cache slots).
+        `EncoderDecoder.decode` (`attention_mask` is then (B, L) over cache positions, default
+        the cache's `key_mask`).
         `prefix` (B, T) marks prefix-LM inputs that see each other bidirectionally."""
         hidden, new_cache = self._run(input_ids, attention_mask, segment_ids, prefix, cache)
         logits = self.logits(hidden)
@@ -281,8 +303,27 @@ class DecoderOnly(_Assembly):
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
         return self.decode(input_ids, attention_mask, segment_ids=segment_ids, prefix=prefix)
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
-        return _new_cache(self.config, self.config.num_layers, batch_size, max_length)
+    def init_cache(self, batch_size: int, max_length: int, key_mask=None) -> DecodingCache:
+        """Cache for `max_length` tokens; `key_mask` (B, max_length) marks real positions."""
+        cfg = self.config
+        return _new_cache(cfg, cfg.num_layers, batch_size, max_length, key_mask=key_mask)
+
+    def prefill(self, input_ids, attention_mask, max_new_tokens: int):
+        """Generation's prompt pass: the prompts are left-aligned (real tokens last; the relative
+        position bias sees only distances, so the shift is invisible) and fed in one pass into a
+        cache with room for `max_new_tokens` more. -> (logits of the first new token, cache)."""
+        input_ids, attention_mask = left_align(input_ids, attention_mask)
+        batch = input_ids.shape[0]
+        new = jnp.ones((batch, max_new_tokens), attention_mask.dtype)
+        key_mask = jnp.concatenate([attention_mask, new], axis=1)
+        cache = self.init_cache(batch, key_mask.shape[1], key_mask)
+        logits, cache = self.decode(input_ids, cache=cache)
+        return logits[:, -1], cache
+
+    def step(self, tokens: jax.Array, cache: DecodingCache):
+        """One token per row (B,) through the cached decoder -> (next logits (B, V), cache)."""
+        logits, cache = self.decode(tokens[:, None], cache=cache)
+        return logits[:, -1], cache
 
 
 class EncoderOnly(_Assembly):
@@ -291,6 +332,8 @@ class EncoderOnly(_Assembly):
     Loads HF `T5EncoderModel` weights (`encode` matches its `last_hidden_state`). The pooled
     head (`classify`) has `config.num_labels` outputs: 1 for regression / reward scores.
     """
+
+    generates = False
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -313,13 +356,9 @@ class EncoderOnly(_Assembly):
             else None
         )
 
-    def decode(self, hidden: jax.Array) -> jax.Array:
-        """The masked-LM head: (B, S, D) hidden states -> (B, S, V) float32 logits."""
-        return self.logits(hidden)
-
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None) -> jax.Array:
         """Masked-LM logits (B, S, V)."""
-        return self.decode(self.encode(input_ids, attention_mask, segment_ids=segment_ids))
+        return self.logits(self.encode(input_ids, attention_mask, segment_ids=segment_ids))
 
     def classify(self, input_ids, attention_mask=None) -> jax.Array:
         """Mean-pooled (over real tokens) head: (B, S) -> (B, num_labels) float32."""
@@ -334,7 +373,7 @@ class EncoderOnly(_Assembly):
         pooled = (hidden * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1), 1.0)[:, None]
         return self.classifier(pooled.astype(self.config.dtype)).astype(jnp.float32)
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
+    def init_cache(self, batch_size: int, max_length: int) -> DecodingCache:
         raise NotImplementedError(
             "EncoderOnly models do not generate, so they have no decoding cache; use an "
             "EncoderDecoder or DecoderOnly model for generation"

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t5x_lite import xla_cpu
 from t5x_lite.layers import normal, param
 
 
@@ -82,27 +83,6 @@ class RelativePositionBias(nnx.Module):
             num_buckets=self.num_buckets,
             max_distance=self.max_distance,
         )
-        return _lookup(self.embedding[...].astype(jnp.float32), buckets)[None]  # (1, N, T, S)
-
-
-@jax.custom_vjp
-def _lookup(table: jax.Array, buckets: jax.Array) -> jax.Array:
-    """table (K, N), buckets (T, S) int -> (N, T, S): a gather, with a matmul gradient."""
-    return jnp.take(table.T, buckets, axis=1)
-
-
-def _lookup_fwd(table, buckets):
-    return _lookup(table, buckets), (buckets, table.shape[0])
-
-
-def _lookup_bwd(res, g):
-    # d table[k, n] = sum of g[n, t, s] over the (t, s) in bucket k: as a one-hot matmul, where
-    # the gather's own gradient (a transposing scatter-add) is ~10x slower on CPU.
-    buckets, num_buckets = res
-    n, t, s = g.shape
-    one_hot = jax.nn.one_hot(buckets.reshape(t * s), num_buckets, dtype=g.dtype)  # (T*S, K)
-    # (N, T*S) @ (T*S, K): g stays in its own layout, a plain GEMM.
-    return jnp.dot(g.reshape(n, t * s), one_hot).T, None
-
-
-_lookup.defvjp(_lookup_fwd, _lookup_bwd)
+        table = self.embedding[...].astype(jnp.float32)  # (K, N)
+        take = xla_cpu.for_backend(lambda t, b: jnp.take(t.T, b, axis=1), xla_cpu.take_columns)
+        return take(table, buckets)[None]  # (1, N, T, S)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sharding import rules
-from t5x_lite.attention import MultiHeadAttention
+from t5x_lite.attention import KVCache, MultiHeadAttention
 from t5x_lite.config import ModelConfig
 from t5x_lite.layers import MLP, RMSNorm
 from t5x_lite.position import RelativePositionBias
@@ -50,18 +50,16 @@ class Block(nnx.Module):
         mask: jax.Array | None,  # (B|1, 1, T, S)
         encoded: jax.Array | None = None,  # (B, S_enc, D)
         cross_mask: jax.Array | None = None,  # (B, 1, T|1, S_enc)
-        cache: dict | None = None,
+        cache: KVCache | None = None,
         cache_index: jax.Array | None = None,
-        cross_kv: dict | None = None,  # this layer's cross-attention keys/values, precomputed
-    ) -> tuple[jax.Array, dict | None]:
-        h = self.self_attn(
+        cross_kv: KVCache | None = None,  # this layer's cross-attention keys/values, precomputed
+    ) -> tuple[jax.Array, KVCache | None]:
+        h, cache = self.self_attn(
             self.self_attn_norm(x), bias=bias, mask=mask, cache=cache, cache_index=cache_index
         )
-        if cache is not None:
-            h, cache = h
         x = x + self.dropout(h)
         if self.cross_attn is not None:
-            h = self.cross_attn(self.cross_attn_norm(x), encoded, mask=cross_mask, kv=cross_kv)
+            h, _ = self.cross_attn(self.cross_attn_norm(x), encoded, mask=cross_mask, kv=cross_kv)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, cache
@@ -106,10 +104,10 @@ class Stack(nnx.Module):
         key_positions: jax.Array,  # (S,)
         encoded: jax.Array | None = None,
         cross_mask: jax.Array | None = None,
-        cache: list[dict] | None = None,
+        cache: list[KVCache] | None = None,
         cache_index: jax.Array | None = None,
-        cross_cache: list[dict] | None = None,
-    ) -> tuple[jax.Array, list[dict] | None]:
+        cross_cache: list[KVCache] | None = None,
+    ) -> tuple[jax.Array, list[KVCache] | None]:
         bias = self.relative_bias(query_positions, key_positions)
         x = self.dropout(x)
         new_cache = []

@@ -84,6 +84,13 @@ PLANTS = (
             "tests/test_sharding.py::test_every_parameter_spec_follows_the_rules",
         ),
     ),
+    Plant(
+        "attention casts its kernels with .astype, hiding its products from qwix",
+        "t5x_lite/attention.py",
+        "x, w = dtypes.promote_dtype((x, kernel[...]), dtype=self.dtype)",
+        "x, w = x.astype(self.dtype), kernel[...].astype(self.dtype)",
+        ("tests/test_layers.py::test_qwix_int8_quantizes_every_weight_product",),
+    ),
 )
 
 

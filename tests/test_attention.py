@@ -1,6 +1,6 @@
 """Masks and the attention kernel against naive references: Python loops over (batch, query,
 key) for the masks and their composition in the models, numpy softmax attention for the kernel,
-autodiff of plain addition for `add_bias`' gradient. Property tests draw the data (hypothesis)
+`KVCache.update` against numpy writes. Property tests draw the data (hypothesis)
 at fixed shapes, so each jitted variant compiles once."""
 
 import itertools
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from t5x_lite import attention, models
+from t5x_lite.cache import DecodingCache, KVCache
 
 
 class MaskTest(chex.TestCase):
@@ -68,58 +69,22 @@ def test_dot_product_attention_matches_loop():
     bias = g.normal(size=(1, 2, 3, 4)).astype(np.float32)
     mask = np.ones((2, 1, 3, 4), bool)
     mask[1, 0, :, 3] = False
-    got = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    got = _attend(q, k, v, bias, mask)
     chex.assert_trees_all_close(np.asarray(got), _naive_attention(q, k, v, bias, mask), atol=1e-5)
 
 
-def test_shared_bias_gradient_sums_over_batch():
-    """add_bias' custom gradient (a halving sum) equals the broadcast's autodiff gradient."""
-    for batch in (1, 5, 8):
-        scores = jax.random.normal(jax.random.key(batch), (batch, 2, 3, 4))
-        bias = jax.random.normal(jax.random.key(9), (1, 2, 3, 4))
-        w = jax.random.normal(jax.random.key(7), (batch, 2, 3, 4))
-        ours = jax.grad(lambda s, b, w=w: (attention.add_bias(s, b) * w).sum(), (0, 1))
-        plain = jax.grad(lambda s, b, w=w: ((s + b) * w).sum(), (0, 1))
-        chex.assert_trees_all_close(ours(scores, bias), plain(scores, bias), atol=1e-5)
-
-
-def test_query_blocks_match_loop_and_gradients(monkeypatch):
-    """Blocked attention (blocks of 4 queries, a remainder of 3) equals the naive loop, and so
-    do its gradients against a single block's."""
-    g = np.random.default_rng(1)
-    q = g.normal(size=(2, 11, 2, 4)).astype(np.float32)
-    k, v = (g.normal(size=(2, 6, 2, 4)).astype(np.float32) for _ in range(2))
-    bias = g.normal(size=(1, 2, 11, 6)).astype(np.float32)
-    mask = np.ones((2, 1, 11, 6), bool)
-    mask[0, 0, :, 4:] = False
-    mask[1, 0, 7:, 0] = False
-
-    def loss(q, k, v, bias):
-        return (attention.dot_product_attention(q, k, v, bias=bias, mask=mask) ** 2).sum()
-
-    whole = jax.grad(loss, (0, 1, 2, 3))(q, k, v, bias)
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)
-    got = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
-    chex.assert_trees_all_close(np.asarray(got), _naive_attention(q, k, v, bias, mask), atol=1e-5)
-    chex.assert_trees_all_close(jax.grad(loss, (0, 1, 2, 3))(q, k, v, bias), whole, atol=1e-5)
-
-
-def test_one_query_heads_first_matches_loop():
-    """A decoding step (one query against the caches' heads-first layouts) equals the naive
-    loop."""
+def test_kv_cache_update_writes_at_the_index():
+    """`KVCache.update` writes a step's keys/values (B, N, T, H) at positions index.. and keeps
+    the rest."""
+    cache = KVCache.zeros(2, 6, 3, 4, jnp.float32)  # batch 2, 6 positions, 3 heads, head dim 4
     g = np.random.default_rng(2)
-    for s in (1, 5, 8, 13):
-        q = g.normal(size=(3, 1, 2, 4)).astype(np.float32)
-        k, v = (g.normal(size=(3, s, 2, 4)).astype(np.float32) for _ in range(2))
-        bias = g.normal(size=(1, 2, 1, s)).astype(np.float32)
-        mask = np.ones((3, 1, 1, s), bool)
-        mask[1, 0, 0, 0] = s == 1  # a masked key (none when it is the only one)
-        got = attention.dot_product_attention(
-            q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), bias=bias, mask=mask,
-            heads_first=True,
-        )  # fmt: skip
-        want = _naive_attention(q, k, v, bias, mask)
-        chex.assert_trees_all_close(np.asarray(got), want, atol=1e-5)
+    k, v = (g.normal(size=(2, 3, 2, 4)).astype(np.float32) for _ in range(2))
+    new = jax.jit(cache.update)(k, v, jnp.int32(3))
+    want_k, want_v = np.zeros((2, 3, 6, 4), np.float32), np.zeros((2, 3, 6, 4), np.float32)
+    want_k[:, :, 3:5], want_v[:, :, 3:5] = k, v
+    chex.assert_trees_all_equal(np.asarray(new.k), want_k)
+    chex.assert_trees_all_equal(np.asarray(new.v), want_v)
+    assert new.length == 6
 
 
 # ----------------------------------------------------------------------------- properties
@@ -240,7 +205,7 @@ class MaskPropertyTest(chex.TestCase):
         """With a cache of S slots and `new` tokens written from slot `index`: query t (at
         position index + t) sees slot s iff s <= index + t and slot s is valid."""
         new = min(new, S - index)
-        cache = {"index": jnp.int32(index), "layers": [{"v": jnp.zeros((B, 2, S, 4))}]}
+        cache = DecodingCache(jnp.int32(index), [KVCache.zeros(B, S, 2, 4, jnp.float32)])
         q, k, got = self.variant(_causal_with_cache, static_argnums=0)(new, valid, cache)
         want = _loop(B, new, S, lambda b, t, s: s <= index + t and valid[b, s])
         chex.assert_trees_all_equal(_full(got, (B, 1, new, S)), want)
@@ -276,10 +241,11 @@ def _numpy_attention(q, k, v, bias, mask):
     return np.einsum("bnts,bsnh->btnh", w, v)
 
 
-def _attend(q, k, v, bias, mask, heads_first):
-    if heads_first:  # the decoding caches' layout: keys (B, N, H, S), values (B, N, S, H)
-        k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
-    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask, heads_first=heads_first)
+def _attend(q, k, v, bias, mask):
+    """dot_product_attention on (B, T, N, H) inputs (the references' layout): it takes and
+    returns heads first, (B, N, T, H)."""
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    return jnp.swapaxes(attention.dot_product_attention(q, k, v, bias=bias, mask=mask), 1, 2)
 
 
 class AttentionPropertyTest(chex.TestCase):
@@ -288,14 +254,13 @@ class AttentionPropertyTest(chex.TestCase):
     @given(
         seed=st.integers(0, 2**32 - 1),
         bias_batch=st.sampled_from([0, 1, 2]),  # 0: no bias
-        mask_rows=st.sampled_from([0, 1, attention.QUERY_BLOCK + 3]),  # 0: no mask
-        heads_first=st.booleans(),
+        mask_rows=st.sampled_from([0, 1, 11]),  # 0: no mask
     )
-    def test_matches_numpy_softmax_attention(self, seed, bias_batch, mask_rows, heads_first):
-        """131 queries (a block of 128 and one of 3) against 9 keys, in both layouts, with a
-        shared or per-row bias and a per-query or per-row mask, some rows fully masked."""
+    def test_matches_numpy_softmax_attention(self, seed, bias_batch, mask_rows):
+        """11 queries against 9 keys, with a shared or per-row bias and a per-query or per-row
+        mask, some rows fully masked."""
         g = np.random.default_rng(seed)
-        b, t, s, n, h = 2, attention.QUERY_BLOCK + 3, 9, 2, 4
+        b, t, s, n, h = 2, 11, 9, 2, 4
         q = g.normal(size=(b, t, n, h)).astype(np.float32)
         k, v = (g.normal(size=(b, s, n, h)).astype(np.float32) for _ in range(2))
         bias = g.normal(size=(bias_batch, n, t, s)).astype(np.float32) if bias_batch else None
@@ -303,27 +268,7 @@ class AttentionPropertyTest(chex.TestCase):
         if mask_rows:
             mask = g.random((b, 1, mask_rows, s)) < 0.7
             mask[0, 0, -1] = False  # a query (or, per row, every query) with no key to see
-        got = self.variant(_attend, static_argnames="heads_first")(
-            q, k, v, bias, mask, heads_first=heads_first
-        )
+        got = self.variant(_attend)(q, k, v, bias, mask)
         chex.assert_trees_all_close(
             np.asarray(got), _numpy_attention(q, k, v, bias, mask), atol=2e-5, rtol=2e-5
         )
-
-    @chex.variants(with_jit=True, without_jit=True)
-    @_settings(12)
-    @given(batch=st.sampled_from([1, 3, 6]), shared=st.booleans(), seed=st.integers(0, 2**31 - 1))
-    def test_add_bias_gradient_is_the_broadcast_sum(self, batch, shared, seed):
-        """add_bias' custom VJP (a halving sum over the batch, odd remainders included) against
-        autodiff of plain addition, for a bias shared by the batch (1, ...) or one per row."""
-        keys = jax.random.split(jax.random.key(seed), 3)
-        scores = jax.random.normal(keys[0], (batch, 2, 3, 4))
-        bias = jax.random.normal(keys[1], (1 if shared else batch, 2, 3, 4))
-        w = jax.random.normal(keys[2], (batch, 2, 3, 4))
-        ours = self.variant(jax.grad(_weighted_add_bias, (0, 1)))(scores, bias, w)
-        plain = jax.grad(lambda s, b: ((s + b) * w).sum(), (0, 1))(scores, bias)
-        chex.assert_trees_all_close(ours, plain, atol=1e-5, rtol=1e-5)
-
-
-def _weighted_add_bias(scores, bias, w):
-    return (attention.add_bias(scores, bias) * w).sum()

@@ -264,7 +264,7 @@ def test_kv_cache_follows_the_rules():
     with rules_lib.activation_sharding(mesh, rules_lib.get_rules("fsdp_tp")):
         cache = jax.jit(lambda: model.init_cache(8, 16))()
     want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))
-    assert cache["layers"][0]["k"].sharding.is_equivalent_to(want, 4)
+    assert cache.layers[0].k.sharding.is_equivalent_to(want, 4)
 
 
 # ----------------------------------------------------------------------------- every preset
