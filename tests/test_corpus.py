@@ -1,8 +1,9 @@
 """Tests for t5x_lite.corpus: determinism, DialogSum format, toxic fraction, splits, variety,
-summary faithfulness, and the shipped tokenizer."""
+summary faithfulness, the data files and their errors, and the shipped tokenizer."""
 
 import json
 import re
+import string
 
 import pytest
 
@@ -89,7 +90,9 @@ def test_splits_disjoint_and_sized(data):
 def test_variety(data):
     train = data["train"]
     assert len(corpus.TOPICS) == len(set(corpus.TOPICS)) >= 40
-    assert corpus._CASUAL | corpus._SELF_GREETING <= set(corpus.TOPICS)  # no stale names
+    casual = {scene.topic for scene in corpus.SCENES if scene.casual}
+    no_greeting = {scene.topic for scene in corpus.SCENES if not scene.greet}
+    assert {"weather", "apology"} <= casual and {"haircut", "tech support"} <= no_greeting
     assert len({r["topic"] for r in train}) >= 40
     assert len({r["dialogue"] for r in train}) >= 0.9 * len(train)
     assert len({r["summary"] for r in train}) >= 0.9 * len(train)
@@ -124,9 +127,97 @@ def test_shipped_tokenizer(tok, data):
     assert tok.decode(tok.encode(dialogue)) == dialogue.replace("\n", " ")
 
 
-def test_shipped_tokenizer_is_up_to_date(tmp_path):
-    """Regenerating it (python -m t5x_lite.corpus) gives the shipped bytes; fails when the
-    templates change without a rebuild."""
-    corpus.build_tokenizer(tmp_path)
-    shipped = (corpus.DEFAULT_TOKENIZER_DIR / "spiece.model").read_bytes()
-    assert (tmp_path / "spiece.model").read_bytes() == shipped
+def _defined_slots(name: str, spec: dict) -> set[str]:
+    """The slots a sampler of scenes.json sets: its own name, or the keys of its rows."""
+    if "switch" in spec:
+        return set().union(*(_defined_slots(name, case["draw"]) for case in spec["cases"]))
+    return set(spec["keys"]) if "rows" in spec else {name}
+
+
+def _used_slots(template: str) -> set[str]:
+    """The slots a template names; ``{a_x}`` and ``{x_cap}`` name ``x``."""
+    fields = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+    return {f.removeprefix("a_").removesuffix("_cap") for f in fields}
+
+
+def _read_slots(spec: dict) -> set[str]:
+    """The earlier slots a sampler of scenes.json reads."""
+    if "calc" in spec:
+        return set(re.findall(r"[A-Za-z_]\w*", spec["calc"]))
+    if "format" in spec:
+        return _used_slots(spec["format"])
+    if "other" in spec:
+        return set(spec["than"]) | _read_slots(spec["other"])
+    if "switch" in spec:
+        return {spec["switch"]}.union(*(_read_slots(case["draw"]) for case in spec["cases"]))
+    bounds = {b for b in spec.get("num", []) if isinstance(b, str)}
+    return bounds | ({spec["ordinal"]} if "ordinal" in spec else set())
+
+
+def test_data_files_load_and_templates_use_defined_slots():
+    scenes = json.loads((corpus.DATA_DIR / "scenes.json").read_text(encoding="utf-8"))
+    words = json.loads((corpus.DATA_DIR / "words.json").read_text(encoding="utf-8"))
+    assert [scene["topic"] for scene in scenes] == list(corpus.TOPICS)
+    assert words["WEEKDAYS"][0] == "Monday" and len(words["NAMES"]) == 50
+    for scene in scenes:
+        defined: set[str] = set()
+        for name, spec in scene["slots"].items():
+            assert _read_slots(spec) <= defined, (scene["topic"], name, spec)
+            defined |= _defined_slots(name, spec)
+        templates = [scene["summary"], *scene["turns"]]
+        for ending in scene.get("endings", []):
+            templates += [ending["summary"], *ending["turns"]]
+        templates += [v["format"] for v in scene["slots"].values() if "format" in v]
+        for alt in templates:
+            for template in [alt] if isinstance(alt, str) else alt:
+                undefined = _used_slots(template) - defined
+                assert not undefined, (scene["topic"], template, undefined)
+
+
+def test_rude_phrases_each_hold_an_insult():
+    phrases = json.loads((corpus.DATA_DIR / "phrases.json").read_text(encoding="utf-8"))
+    for key in ("rude_appositives", "rude_openers", "rude_closers"):
+        for phrase in phrases[key]:
+            assert any(w in phrase.lower() for w in corpus.INSULT_WORDS), phrase
+
+
+def test_calc_is_arithmetic_only():
+    words = {"N": ["a"]}
+    calc = corpus._sampler({"calc": "(p1 + p2) // 10 * 10 - 3"}, words)
+    assert calc(None, {"p1": "17", "p2": "5"}) == "17"
+    for expr in ("__import__('os').getcwd()", "p1 ** 2", "p1.real", "'a' * 3", "1 +"):
+        with pytest.raises(ValueError, match="calc"):
+            corpus._sampler({"calc": expr}, words)
+
+
+def test_malformed_data_files_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path)
+    (tmp_path / "words.json").write_text('{"N": "abc"}')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'words.json'}: 'N' must be")):
+        corpus._load_scenes()
+    (tmp_path / "words.json").write_text('{"N": ["a"],')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'words.json'}: not valid JSON")):
+        corpus._load_scenes()
+
+
+@pytest.mark.parametrize(
+    ("scene", "message"),
+    [
+        ({"topic": "t", "slots": {"x": {"pick": "NOPE"}}}, "slot 'x': missing key 'NOPE'"),
+        ({"topic": "t", "slots": {"x": {"num": [1, 2], "pick": "N"}}}, "slot 'x': not a sampler"),
+        ({"topic": "t", "slots": {"x": {"clock": [1, 2], "step": 3}}}, "slot 'x': not a sampler"),
+        ({"topic": "t", "slots": {"x": {"rows": [["a"]], "keys": ["a", "b"]}}}, "slot 'x': rows"),
+        ({"topic": "t", "slots": {}, "turns": ["hi"]}, "missing key 'summary'"),
+        ({"topic": "t", "slots": {}, "turns": [[]], "summary": "s"}, "a template must be"),
+        ({"topic": "t", "slot": {}}, "unknown keys \\['slot'\\]"),
+    ],
+)
+def test_malformed_scene_names_file_scene_and_key(tmp_path, monkeypatch, scene, message):
+    (tmp_path / "words.json").write_text(json.dumps({"N": ["a", "b"]}))
+    (tmp_path / "scenes.json").write_text(
+        json.dumps([{"topic": "ok", "slots": {}, "turns": ["a"], "summary": "b"}, scene])
+    )
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path)
+    where = re.escape(f"{tmp_path / 'scenes.json'}: scene 1 ('t'): ")
+    with pytest.raises(ValueError, match=where + message):
+        corpus._load_scenes()

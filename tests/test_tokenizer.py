@@ -7,11 +7,14 @@ one, and it only converts ``spiece.model`` when built with ``from_pretrained(dir
 import json
 import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
+from t5x_lite import corpus
 from t5x_lite import tokenizer as tk
 
 transformers = pytest.importorskip("transformers")
@@ -423,3 +426,25 @@ def test_train_vocab_too_large_is_a_clear_error(tmp_path):
     corpus.write_text("a b c\nb c a\n")
     with pytest.raises(ValueError, match=r"tiny\.txt.*vocab_size=5000"):
         tk.train(corpus, tmp_path / "out", vocab_size=5000)
+
+
+SHIPPED_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def test_train_embedded_gives_the_shipped_tokenizer(tmp_path):
+    """Retraining on the embedded corpus gives the shipped bytes; fails when the corpus data
+    changes without `t5x-lite tokenizer train-embedded`."""
+    tok = tk.train_embedded(tmp_path)
+    assert (tok.sp_vocab_size, tok.vocab_size) == (924, 1024)
+    for name in SHIPPED_FILES:
+        shipped = (corpus.DEFAULT_TOKENIZER_DIR / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == shipped, name
+
+
+def test_train_embedded_command(tmp_path):
+    cmd = [sys.executable, "-m", "t5x_lite", "tokenizer", "train-embedded", "--out", tmp_path]
+    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"wrote {tmp_path}: 1024 ids (924 pieces + 100 sentinels)"
+    shipped = (corpus.DEFAULT_TOKENIZER_DIR / "spiece.model").read_bytes()
+    assert (tmp_path / "spiece.model").read_bytes() == shipped
