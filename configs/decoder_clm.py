@@ -9,8 +9,8 @@ def get_config(arg=None):
     c = base.get_config()
     c.workdir = f"./runs/decoder_clm_{size}"
     c.model.preset = base.SIZES["decoder_only"][size]
-    c.objective.name = "causal_lm"
-    c.objective.inputs_length = 128 if size == "tiny" else 1024  # packed sequence length
+    # packed sequence length
+    c.objective = base.objective("causal_lm", inputs_length=128 if size == "tiny" else 1024)
     if size != "tiny":
         c.train.steps = 100_000
         c.train.batch_size = 64

@@ -9,8 +9,7 @@ def get_config(arg=None):
     c = base.get_config()
     c.workdir = f"./runs/encoder_mlm_{size}"
     c.model.preset = base.SIZES["encoder_only"][size]
-    c.objective.name = "masked_lm"
-    c.objective.inputs_length = 128 if size == "tiny" else 512
+    c.objective = base.objective("masked_lm", inputs_length=128 if size == "tiny" else 512)
     if size != "tiny":
         c.train.steps = 100_000
         c.train.batch_size = 128

@@ -8,7 +8,6 @@ def get_config(arg=None):
     size = args.get("size", "tiny")
     c = base.get_config()
     c.model.preset = base.SIZES["encoder_decoder"][size]
-    c.objective.name = "span_corruption"
     if size != "tiny":
         c.workdir = f"./runs/t5_span_corruption_{size}"
         c.objective.inputs_length = 512  # -> targets 114, raw 568 (T5's arithmetic)

@@ -13,9 +13,12 @@ Padding is segment 0 and target 0, and counts in no loss.
 
 from __future__ import annotations
 
+import dataclasses
+
 import grain
 import numpy as np
 
+import objectives
 from t5x_lite import losses, models
 
 ARCHITECTURE = "decoder_only"
@@ -65,7 +68,7 @@ def fields(input_field: str, target_field: str) -> dict[str, str]:
     return {"targets": input_field}
 
 
-def make_stages(tokenizer, *, inputs_length: int, pack: bool, seed: int, **_):
+def make_stages(tokenizer, *, inputs_length: int, pack: bool, seed: int):
     """grain stages (document tokens -> packed rows) and the longest document kept whole."""
     length = inputs_length
 
@@ -129,3 +132,25 @@ def describe_example(model, tokenizer, batch: dict) -> str:
             f"  predicted: {tokenizer.decode(predicted[first].tolist())}",
         ]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Causal LM's options (the run config's `objective` block)."""
+
+    inputs_length: int = 128  # row length, tokens
+    pack: bool = True  # several documents per row (else one, padded)
+
+
+OBJECTIVE = objectives.register(
+    objectives.Objective(
+        name="causal_lm",
+        architecture=ARCHITECTURE,
+        config=Config,
+        fields=fields,
+        make_stages=make_stages,
+        loss_fn=loss_fn,
+        num_tokens=num_tokens,
+        describe_example=describe_example,
+    )
+)

@@ -18,11 +18,13 @@ vocab_size - 1) as `mask_id`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 
+import objectives
 from t5x_lite import losses, models
 
 T5_NUM_SENTINELS = 100  # the <extra_id_*> tokens at the top of a T5 vocabulary
@@ -100,7 +102,7 @@ def fields(input_field: str, target_field: str) -> dict[str, str]:
     return {"targets": input_field}
 
 
-def make_stages(tokenizer, *, inputs_length: int, mask_rate: float, seed: int, **_):
+def make_stages(tokenizer, *, inputs_length: int, mask_rate: float, seed: int):
     """grain stages: documents + EOS -> concatenated and split into rows of `inputs_length`
     (segment ids keep documents apart) -> BERT masking with `<extra_id_0>` as the mask token."""
     lo, hi = T5_FIRST_REGULAR_ID, tokenizer.vocab_size - tokenizer.num_sentinels
@@ -164,3 +166,25 @@ def describe_example(model, tokenizer, batch: dict) -> str:
             f"  guessed: {tokenizer.decode(guesses[selected].tolist())}",
         ]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Masked LM's options (the run config's `objective` block)."""
+
+    inputs_length: int = 128  # row length, tokens including EOS
+    mask_rate: float = 0.15  # the share of tokens selected for prediction
+
+
+OBJECTIVE = objectives.register(
+    objectives.Objective(
+        name="masked_lm",
+        architecture=ARCHITECTURE,
+        config=Config,
+        fields=fields,
+        make_stages=make_stages,
+        loss_fn=loss_fn,
+        num_tokens=num_tokens,
+        describe_example=describe_example,
+    )
+)

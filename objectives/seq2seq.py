@@ -10,9 +10,12 @@ then padded (pad id 0); with `pack=True` several pairs share a row, kept apart b
 
 from __future__ import annotations
 
+import dataclasses
+
 import grain
 import numpy as np
 
+import objectives
 from objectives import causal_lm
 from t5x_lite import losses, models
 
@@ -34,7 +37,7 @@ def pad_to(tokens: np.ndarray, length: int, pad_id: int = 0) -> np.ndarray:
     return out
 
 
-def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int, **_):
+def make_stages(tokenizer, *, inputs_length: int, targets_length: int, pack: bool, seed: int):
     """grain stages (tokens -> fixed-length rows) and, per feature, the longest text kept whole."""
     targets_length = targets_length or inputs_length
     lengths = {"inputs": inputs_length, "targets": targets_length}
@@ -117,3 +120,26 @@ def describe_example(model, tokenizer, batch: dict, max_new_tokens: int = 32) ->
             f"  output: {tokenizer.decode(np.asarray(tokens[0]).tolist())}",
         ]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Supervised seq2seq's options (the run config's `objective` block)."""
+
+    inputs_length: int = 128  # encoder length, tokens including EOS
+    targets_length: int = 0  # decoder length; 0: inputs_length
+    pack: bool = True  # several pairs per row (T5X's packing)
+
+
+OBJECTIVE = objectives.register(
+    objectives.Objective(
+        name="seq2seq",
+        architecture=ARCHITECTURE,
+        config=Config,
+        fields=fields,
+        make_stages=make_stages,
+        loss_fn=loss_fn,
+        num_tokens=num_tokens,
+        describe_example=describe_example,
+    )
+)

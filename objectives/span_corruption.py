@@ -27,11 +27,13 @@ in T5 too) is not implemented, so a chunk always starts with non-noise and ends 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import grain
 import numpy as np
 
+import objectives
 from objectives import causal_lm, seq2seq
 
 # ----------------------------------------------------------------------------- lengths
@@ -261,7 +263,6 @@ def make_stages(
     noise_density: float,
     mean_noise_span_length: float,
     seed: int,
-    **_,
 ):
     """grain stages: documents -> concatenated and split into raw chunks (T5's
     `reduce_concat_tokens` + `split_tokens`) -> span corruption -> padded rows.
@@ -321,3 +322,27 @@ def make_stages(
         return ds.random_map(corrupt, seed=seed)
 
     return stages, 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Span corruption's options (the run config's `objective` block)."""
+
+    inputs_length: int = 128  # encoder length, tokens including EOS
+    targets_length: int = 0  # decoder length; 0: derived by T5's arithmetic (512 -> 114)
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+
+
+OBJECTIVE = objectives.register(
+    objectives.Objective(
+        name="span_corruption",
+        architecture=ARCHITECTURE,
+        config=Config,
+        fields=fields,
+        make_stages=make_stages,
+        loss_fn=loss_fn,
+        num_tokens=num_tokens,
+        describe_example=describe_example,
+    )
+)

@@ -1,13 +1,18 @@
 """Native checkpoints with Orbax: a `CheckpointManager` directory of numbered steps.
 
-Each step holds the items `params` (the model's parameters) and `model_config` (JSON); training
-adds optimizer state, data-iterator state and the resolved run config to the same steps. A model
-is restored into an abstract (unallocated) model, so a large model is read once, already laid out
-with the target's sharding when the abstract state carries one.
+Each step holds the items `params` (the model's parameters) and `model_config` (JSON); a training
+run (`TrainCheckpoints`) adds the optimizer state, the data iterator's state and the resolved run
+config to the same steps, so `load_model` reads a training run's checkpoints too. State is
+restored into an abstract (or existing) target, so a large model is read once, already laid out
+with the target's sharding, whatever mesh wrote it.
 
     from t5x_lite import checkpoint
     checkpoint.save_model("ckpt/", model)            # step 0 unless given
     model = checkpoint.load_model("ckpt/")           # the latest step
+
+    with checkpoint.TrainCheckpoints("run/checkpoints", keep=3, async_save=True) as ckpts:
+        ckpts.save(step, model_state, opt_state, model_config=cfg, data_iterator=it)
+        model_state, opt_state = ckpts.restore(ckpts.latest_step, model_state, opt_state, it)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 never leaves a half-written step behind as the latest one.
@@ -23,10 +28,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from t5x_lite import config as config_lib
-from t5x_lite import models
+from t5x_lite import data, models
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
+OPT_STATE, DATA_ITER, RUN_CONFIG = "opt_state", "data_iter", "config"
 
 
 def manager(
@@ -43,18 +49,17 @@ def params_of(model: models.Model) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def _model_items(params: dict, model_config: config_lib.ModelConfig) -> dict:
+    return {
+        PARAMS: ocp.args.StandardSave(params),
+        MODEL_CONFIG: ocp.args.JsonSave(model_config.to_dict()),
+    }
+
+
 def save_model(directory: str | os.PathLike, model: models.Model, *, step: int = 0) -> Path:
     """Write `model` as step `step` of a checkpoint directory (params + model_config)."""
     with manager(directory) as mngr:
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    PARAMS: ocp.args.StandardSave(params_of(model)),
-                    MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
-                }
-            ),
-        )
+        mngr.save(step, args=ocp.args.Composite(**_model_items(params_of(model), model.config)))
         mngr.wait_until_finished()
     return Path(directory)
 
@@ -122,3 +127,85 @@ def load_model(
     model = nnx.merge(graphdef, state, rest)
     model.eval()
     return model
+
+
+def _abstract(tree) -> dict:
+    """A state's pure dict as shapes, dtypes and shardings: the target Orbax restores into."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        nnx.to_pure_dict(tree),
+    )
+
+
+class TrainCheckpoints:
+    """A training run's checkpoint directory (an Orbax `CheckpointManager`): per step the
+    model's parameters and config (what `load_model` reads), the optimizer state, the data
+    iterator's state and the run config. Saves may be asynchronous; `keep` bounds the steps
+    kept (None: all). Orbax renames a step into place only once it is complete."""
+
+    def __init__(
+        self, directory: str | os.PathLike, *, keep: int | None = None, async_save: bool = False
+    ):
+        self.directory = Path(directory)
+        self.mngr = manager(directory, max_to_keep=keep, async_save=async_save)
+
+    @property
+    def latest_step(self) -> int | None:
+        return self.mngr.latest_step()
+
+    def save(
+        self,
+        step: int,
+        model_state: nnx.State,
+        opt_state: nnx.State | None,
+        *,
+        model_config: config_lib.ModelConfig,
+        data_iterator=None,
+        run_config: dict | None = None,
+    ) -> None:
+        """Save step `step`: the parameters in `model_state` (a model's `nnx.state`), and
+        `opt_state`, the grain `data_iterator`'s state and `run_config` where given."""
+        params = nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))
+        items = _model_items(params, model_config)
+        if opt_state is not None:
+            items[OPT_STATE] = ocp.args.StandardSave(nnx.to_pure_dict(opt_state))
+        if data_iterator is not None:
+            items[DATA_ITER] = ocp.args.JsonSave(data.iterator_state_json(data_iterator))
+        if run_config is not None:
+            items[RUN_CONFIG] = ocp.args.JsonSave(run_config)
+        self.mngr.save(step, args=ocp.args.Composite(**items))
+
+    def restore(
+        self, step: int, model_state: nnx.State, opt_state: nnx.State | None, data_iterator=None
+    ) -> tuple[nnx.State, nnx.State | None]:
+        """Step `step` read into `model_state` and `opt_state` (in place; also returned), each
+        array laid out like the one it replaces, so a run resumes on a different mesh; the
+        grain `data_iterator`, if given, is set to where the saved run was."""
+        params = nnx.filter_state(model_state, nnx.Param)
+        items = {PARAMS: ocp.args.StandardRestore(_abstract(params))}
+        if opt_state is not None:
+            items[OPT_STATE] = ocp.args.StandardRestore(_abstract(opt_state))
+        if data_iterator is not None:
+            items[DATA_ITER] = ocp.args.JsonRestore()
+        restored = self.mngr.restore(step, args=ocp.args.Composite(**items))
+        nnx.replace_by_pure_dict(params, restored[PARAMS])
+        nnx.update(model_state, params)
+        if opt_state is not None:
+            nnx.replace_by_pure_dict(opt_state, restored[OPT_STATE])
+        if data_iterator is not None:
+            data_iterator.set_state(restored[DATA_ITER])
+        return model_state, opt_state
+
+    def wait(self) -> None:
+        """Block until every asynchronous save has been written."""
+        self.mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+    def __enter__(self) -> TrainCheckpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -4,6 +4,7 @@ t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value
 t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
 t5x-lite convert --from CKPT_DIR --to-hf HF_DIR      # native -> HF directory
 t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
+t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped tokenizer
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
 t5x-lite icl [--model DIR] [--data embedded|FILE.jsonl] [--shots 0,1,2] [--out DIR]  # ROUGE
 """
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     tok_train.add_argument("--out", required=True, help="output directory")
     tok_train.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
+    tok_embedded = tok_sub.add_parser(
+        "train-embedded", help="retrain the shipped tokenizer on the embedded corpus"
+    )
+    tok_embedded.add_argument(
+        "--out", default=None, help="output directory (default: the shipped tokenizer's)"
+    )
 
     gen = sub.add_parser("generate", help="complete prompts with a model (greedy, sampling, beams)")
     _add_model_flags(gen)
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         import objectives
         from sharding import multihost
-        from t5x_lite import run_config, train
+        from t5x_lite import train
 
         multihost.initialize(
             args.coordinator_address,
@@ -216,15 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             args.process_id,
             timeout=args.initialization_timeout,
         )
-        config = run_config.from_command_line(args.config, extra)
+        config = objectives.load_config(args.config, extra)
         train.train_and_evaluate(
             config, args.workdir or config.workdir, objectives.get(config.objective.name)
         )
     elif args.command == "memory":
         import objectives
-        from t5x_lite import memory, run_config
+        from t5x_lite import memory
 
-        config = run_config.from_command_line(args.config, extra)
+        config = objectives.load_config(args.config, extra)
         print(memory.format_report(memory.analyze(config, objectives.get(config.objective.name))))
     elif args.command == "convert":
         from t5x_lite import conversion
@@ -236,17 +243,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error("convert goes --from-hf DIR --to DIR, or --from DIR --to-hf DIR")
     elif args.command == "tokenizer":
-        from t5x_lite import tokenizer
+        from t5x_lite import corpus, tokenizer
 
-        tok = tokenizer.train(
-            args.input,
-            args.out,
-            vocab_size=args.vocab_size,
-            field=args.field[0] if args.field and len(args.field) == 1 else args.field,
-            model_type=args.model_type,
-        )
+        if args.tokenizer_command == "train-embedded":
+            out = args.out or corpus.DEFAULT_TOKENIZER_DIR
+            tok = tokenizer.train_embedded(out)
+        else:
+            out = args.out
+            tok = tokenizer.train(
+                args.input,
+                out,
+                vocab_size=args.vocab_size,
+                field=args.field[0] if args.field and len(args.field) == 1 else args.field,
+                model_type=args.model_type,
+            )
         print(
-            f"wrote {args.out}: {tok.vocab_size} ids ({tok.sp_vocab_size} pieces + "
+            f"wrote {out}: {tok.vocab_size} ids ({tok.sp_vocab_size} pieces + "
             f"{tok.num_sentinels} sentinels)"
         )
     elif args.command == "generate":

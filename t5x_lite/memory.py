@@ -22,7 +22,6 @@ The familiar "4 bytes per parameter to hold, ~16 to train with AdamW" is the fir
 from __future__ import annotations
 
 import math
-from types import ModuleType
 
 import jax
 import ml_collections
@@ -86,7 +85,7 @@ def _abstract_with_shardings(abstract: nnx.State, shardings: nnx.State) -> nnx.S
     return nnx.from_flat_state(out)
 
 
-def analyze(config: ml_collections.ConfigDict, objective: ModuleType) -> dict:
+def analyze(config: ml_collections.ConfigDict, objective) -> dict:
     """Analytic and XLA numbers for one step of `config` (see the module docstring)."""
     tok = train.load_tokenizer(config.tokenizer.path)
     program = train.make_program(config, objective, tok.vocab_size)

@@ -132,6 +132,17 @@ def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:
         i += 1
 
 
+def override_value(args: list[str], key: str) -> str | None:
+    """The text the last `--config.<key>=...` (or `--config.<key> ...`) in `args` gives, if any."""
+    value, flag = None, f"--config.{key}"
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+        elif arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
 def from_command_line(spec: str | None, overrides: list[str]) -> ml_collections.ConfigDict:
     config = load(spec)
     apply_overrides(config, overrides)

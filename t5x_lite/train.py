@@ -16,33 +16,25 @@ here: everything below receives plain values.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
-from t5x_lite import checkpoint, data, flops, hf, models, optim, run_config, steps
+from t5x_lite import checkpoint, data, flops, hf, loop, models, optim, run_config, steps
 from t5x_lite import config as config_lib
+from t5x_lite import metrics as metrics_lib
 from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
-OPT_STATE, DATA_ITER, RUN_CONFIG = "opt_state", "data_iter", "config"
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
+NonFiniteLossError = loop.NonFiniteLossError  # raised by the loop; here for callers' imports
 
 
 def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
@@ -74,46 +66,6 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Mo
     return model
 
 
-class MetricsWriter:
-    """metrics.jsonl + TensorBoard events, written by process 0 only."""
-
-    def __init__(self, workdir: Path, resume_step: int):
-        self.enabled = jax.process_index() == 0
-        self.path = workdir / "metrics.jsonl"
-        if not self.enabled:
-            return
-        if self.path.exists():  # drop lines past the restored step: they will be redone
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
-
-    def write(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k != "step":
-                self.tb.add_scalar(k, v, step)
-        self.tb.flush()
-
-    def close(self):
-        if self.enabled:
-            self.tb.close()
-
-
-def _scalar(v):
-    v = np.asarray(v)
-    return v.item() if v.dtype.kind in "iub" else float(v)
-
-
 @dataclasses.dataclass
 class Program:
     """Everything compiled for a run: mesh, shardings, the jitted steps, state structure."""
@@ -136,17 +88,16 @@ class Program:
         }
 
 
-def loss_options(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
-    """(objective stage options, loss keyword arguments) from `config.objective`."""
-    options = dict(config.objective.to_dict())
-    loss_kwargs = dict(z_loss=options.pop("z_loss"), label_smoothing=options.pop("label_smoothing"))
-    options.pop("name")
-    return options, loss_kwargs
+def loss_options(config: ml_collections.ConfigDict, objective) -> tuple[dict, dict]:
+    """(the objective's validated options, loss keyword arguments) from `config.objective`; a
+    key the objective does not have is a ValueError naming it."""
+    block = config.objective.to_dict()
+    loss_kwargs = dict(z_loss=block.pop("z_loss"), label_smoothing=block.pop("label_smoothing"))
+    block.pop("name")
+    return dataclasses.asdict(objective.options(**block)), loss_kwargs
 
 
-def make_program(
-    config: ml_collections.ConfigDict, objective: ModuleType, vocab_size: int
-) -> Program:
+def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) -> Program:
     """Mesh, optimizer, abstract state and its shardings, and the jitted train / eval steps."""
     mesh = mesh_lib.make_mesh(
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor, dcn_data=config.mesh.dcn_data
@@ -173,9 +124,9 @@ def make_program(
 
     graphdef, abstract = nnx.split(nnx.eval_shape(create))
     model_config = nnx.merge(graphdef, abstract)[0].config
-    if model_config.architecture != objective.ARCHITECTURE:
+    if model_config.architecture != objective.architecture:
         raise ValueError(
-            f"objective.name={config.objective.name!r} trains a {objective.ARCHITECTURE} model, "
+            f"objective.name={config.objective.name!r} trains a {objective.architecture} model, "
             f"but model.preset={config.model.preset!r} is {model_config.architecture}"
         )
     shardings = rules_lib.state_shardings(abstract, mesh, rules)
@@ -184,7 +135,7 @@ def make_program(
     eval_graphdef = nnx.graphdef(abstract_model)
     batch_sharding = rules_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    _, loss_kwargs = loss_options(config)
+    _, loss_kwargs = loss_options(config, objective)
     train_step = jax.jit(
         _under(
             mesh,
@@ -235,7 +186,7 @@ def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: dat
             f"train.batch_size={config.train.batch_size} is not divisible by the "
             f"number of processes ({jax.process_count()})"
         )
-    options, _ = loss_options(config)
+    options, _ = loss_options(config, objective)
     spec = data.DataSpec(
         config.data.source,
         config.data.path,
@@ -266,9 +217,7 @@ def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: dat
     return ds, counter
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | None, objective: ModuleType
-) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, objective) -> dict:
     """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
     workdir = Path(workdir or config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -309,105 +258,97 @@ def train_and_evaluate(
     process_count = jax.process_count()
 
     # ---- checkpoints: restore the latest step if any
-    mngr = checkpoint.manager(
+    ckpts = checkpoint.TrainCheckpoints(
         workdir / "checkpoints",
-        max_to_keep=config.checkpoint.keep,
+        keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    start = mngr.latest_step() or 0
-    if mngr.latest_step() is not None:
-        state = _restore(mngr, start, state, train_iter)
-        log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+    start = ckpts.latest_step or 0
+    if ckpts.latest_step is not None:
+        state[0], state[1] = ckpts.restore(start, state[0], state[1], train_iter)
+        log.info("resumed from %s at step %d", ckpts.directory, start)
 
     def save(step: int, state) -> None:
-        model_state, opt_state = state[0], state[1]
-        mngr.save(
+        ckpts.save(
             step,
-            args=ocp.args.Composite(
-                **{
-                    checkpoint.PARAMS: ocp.args.StandardSave(
-                        nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))
-                    ),
-                    checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model.config.to_dict()),
-                    OPT_STATE: ocp.args.StandardSave(nnx.to_pure_dict(opt_state)),
-                    DATA_ITER: ocp.args.JsonSave(data.iterator_state_json(train_iter)),
-                    RUN_CONFIG: ocp.args.JsonSave(config.to_dict()),
-                }
-            ),
+            state[0],
+            state[1],
+            model_config=program.model_config,
+            data_iterator=train_iter,
+            run_config=config.to_dict(),
         )
 
     # ---- loop
-    writer = MetricsWriter(workdir, start)
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
-    progress = _progress(config, start)
-    window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window = {"tokens": 0.0, "steps": 0, "start": time.perf_counter()}
     peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * program.mesh.size
-    step_flops = None
-    metrics: dict = {}
-    step = start
-    try:
-        while step < config.train.steps:
-            batch = next(train_iter)
-            state, metrics = train_step(state, to_global(batch))
-            step += 1
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss}) at step {step}; stopping. The last good "
-                    f"checkpoint (step {mngr.latest_step()}) in {workdir / 'checkpoints'} is "
-                    "kept: lower optim.learning_rate or check the data, then rerun to resume"
-                )
-            window_tokens += objective.num_tokens(batch)
-            window_steps += 1
-            if step_flops is None:  # model FLOPs of one step, from the (fixed) batch shapes
-                step_flops = config.train.batch_size * flops.train_flops_per_example(
-                    program.model_config,
-                    inputs_length=batch["inputs"].shape[1],
-                    targets_length=batch["targets"].shape[1]
-                    if program.model_config.architecture == "encoder_decoder"
-                    else 0,
-                )
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}")
-            is_eval = eval_ds is not None and step % config.train.eval_every == 0
-            if step % config.train.log_every == 0 or is_eval or step == config.train.steps:
-                elapsed = time.perf_counter() - window_start
-                logged = dict(
-                    metrics,
-                    tokens_per_second=window_tokens * process_count / elapsed,
-                    mfu=step_flops * window_steps / elapsed / peak,
-                    truncated_examples=truncation.truncated,
-                    skipped_records=stats.skipped_records,
-                )
-                if is_eval:
-                    logged.update(
-                        _evaluate(eval_step, to_global, state[0], eval_ds, config.train.eval_steps)
-                    )
-                writer.write(step, logged)
-                window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if step % config.checkpoint.every == 0 or step == config.train.steps:
-                save(step, state)
-            if stop["signal"] is not None:
-                log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
-                if mngr.latest_step() != step:
-                    save(step, state)
-                break
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
-        signal.signal(signal.SIGTERM, previous)
-        if progress is not None:
-            progress.close()
+    step_flops = []  # model FLOPs of one step, from the first batch's (fixed) shapes
 
-    nnx.update(model, state[0])
+    def step_fn(state):
+        batch = next(train_iter)
+        state, metrics = train_step(state, to_global(batch))
+        window["tokens"] += objective.num_tokens(batch)
+        window["steps"] += 1
+        if not step_flops:
+            cfg = program.model_config
+            encoder_decoder = cfg.architecture == "encoder_decoder"
+            step_flops.append(
+                config.train.batch_size
+                * flops.train_flops_per_example(
+                    cfg,
+                    inputs_length=batch["inputs"].shape[1],
+                    targets_length=batch["targets"].shape[1] if encoder_decoder else 0,
+                )
+            )
+        return state, metrics
+
+    def throughput(step: int) -> dict:
+        elapsed = time.perf_counter() - window["start"]
+        out = dict(
+            tokens_per_second=window["tokens"] * process_count / elapsed,
+            mfu=step_flops[0] * window["steps"] / elapsed / peak,
+            truncated_examples=truncation.truncated,
+            skipped_records=stats.skipped_records,
+        )
+        window.update(tokens=0.0, steps=0, start=time.perf_counter())
+        return out
+
+    evaluate = None
+    if eval_ds is not None:
+        evaluate = lambda state: _evaluate(
+            eval_step, to_global, state[0], eval_ds, config.train.eval_steps
+        )
+    cadence = loop.Cadence(
+        total_steps=config.train.steps,
+        log_every=config.train.log_every,
+        checkpoint_every=config.checkpoint.every,
+        eval_every=config.train.eval_every,
+    )
+    writer = metrics_lib.MetricsWriter(
+        workdir,
+        resume_step=start,
+        total_steps=config.train.steps,
+        progress_bar=config.train.progress_bar,
+    )
+    with ckpts, writer:
+        result = loop.run(
+            state,
+            step_fn,
+            start=start,
+            cadence=cadence,
+            writer=writer,
+            save=save,
+            last_saved=lambda: ckpts.latest_step,
+            extra_metrics=throughput,
+            evaluate=evaluate,
+            where=str(ckpts.directory),
+        )
+
+    nnx.update(model, result.state[0])
     model.eval()
     # The example runs outside the mesh on host inputs: single-process runs only.
-    if stop["signal"] is None and eval_ds is not None and jax.process_count() == 1:
+    if not result.preempted and eval_ds is not None and jax.process_count() == 1:
         print(objective.describe_example(model, tok, next(iter(eval_ds))))
-    return {k: _scalar(v) for k, v in metrics.items()}
+    return result.metrics
 
 
 def _under(mesh, rules, fn):
@@ -420,30 +361,6 @@ def _under(mesh, rules, fn):
     return traced
 
 
-def _restore(mngr, step, state, train_iter):
-    model_state, opt_state = state[0], state[1]
-    abstract = lambda tree: jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        nnx.to_pure_dict(tree),
-    )
-    params = nnx.filter_state(model_state, nnx.Param)
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                checkpoint.PARAMS: ocp.args.StandardRestore(abstract(params)),
-                OPT_STATE: ocp.args.StandardRestore(abstract(opt_state)),
-                DATA_ITER: ocp.args.JsonRestore(),
-            }
-        ),
-    )
-    nnx.replace_by_pure_dict(params, restored[checkpoint.PARAMS])
-    nnx.update(model_state, params)
-    nnx.replace_by_pure_dict(opt_state, restored[OPT_STATE])
-    train_iter.set_state(restored[DATA_ITER])
-    return state
-
-
 def _evaluate(eval_step, to_global, model_state, eval_ds, num_batches: int) -> dict:
     totals: dict[str, float] = {}
     it = iter(eval_ds)
@@ -452,11 +369,3 @@ def _evaluate(eval_step, to_global, model_state, eval_ds, num_batches: int) -> d
         for k in ("loss", "accuracy"):
             totals[k] = totals.get(k, 0.0) + float(m[k]) / num_batches
     return {f"eval_{k}": v for k, v in totals.items()}
-
-
-def _progress(config, start):
-    if not config.train.progress_bar or jax.process_index() != 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=config.train.steps, initial=start, desc="train", dynamic_ncols=True)

@@ -12,14 +12,14 @@ import torch
 import transformers
 
 import objectives
-from t5x_lite import memory, run_config
+from t5x_lite import memory
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def analyze(recipe=None, **overrides):
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
-    config = run_config.from_command_line(recipe, args)
+    config = objectives.load_config(recipe, args)
     return memory.analyze(config, objectives.get(config.objective.name))
 
 
@@ -56,7 +56,7 @@ def _analyze_on_one_device(recipe, overrides):
     """XLA's numbers for a one-device mesh: a fresh process without the fake devices."""
     code = (
         "import json, sys, objectives; from t5x_lite import memory, run_config; "
-        "c = run_config.from_command_line(sys.argv[1] or None, sys.argv[2:]); "
+        "c = objectives.load_config(sys.argv[1] or None, sys.argv[2:]); "
         "print(json.dumps(memory.analyze(c, objectives.get(c.objective.name))))"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
