@@ -48,7 +48,6 @@ SCOPE = {
     "t5x_lite.decoding": [
         "x_filter_logits__*",
         "x_sample__*",
-        "x__argmax__*",
         "x__block_eos__*",
         "x_beam_scores__*",
         "x__beam_search__*",
