@@ -48,12 +48,12 @@ def encode_prompts(
     """
     if on_long_prompt not in ("truncate", "error"):
         raise ValueError(f"on_long_prompt must be 'truncate' or 'error', got {on_long_prompt!r}")
-    decoder_only = model.config.architecture == "decoder_only"
+    continues = model.continues_prompt
     out, truncated = [], 0
     for i, text in enumerate(texts):
         if not text.strip():
             raise ValueError(f"prompt {i} is empty")
-        ids = tokenizer.encode(text, add_eos=not decoder_only)
+        ids = tokenizer.encode(text, add_eos=not continues)
         if len(ids) > max_input_length:
             message = (
                 f"prompt {i} has {len(ids)} tokens, more than max_input_length={max_input_length}"
@@ -62,7 +62,7 @@ def encode_prompts(
                 raise ValueError(message)
             log.warning("%s: truncated", message)
             truncated += 1
-            if decoder_only:
+            if continues:
                 ids = ids[-max_input_length:]
             else:
                 ids = tokenizer.encode(text, max_length=max_input_length)

@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import models
 from t5x_lite.config import ModelConfig
 
 
@@ -38,21 +39,18 @@ def _scores(cfg: ModelConfig, q_tokens: int, kv_tokens: float) -> float:
 def forward_flops_per_example(
     cfg: ModelConfig, *, inputs_length: int, targets_length: int = 0
 ) -> float:
-    """Forward matmul FLOPs for one example (S input tokens, T target tokens)."""
-    s, t = inputs_length, targets_length
-    if cfg.architecture == "decoder_only":
-        s, t = 0, inputs_length
-    flops = 0.0
-    if cfg.architecture in ("encoder_decoder", "encoder_only"):
-        flops += cfg.num_layers * (_projections(cfg, s, s) + _scores(cfg, s, s) + _mlp(cfg, s))
-    if cfg.architecture == "encoder_only":
-        return flops + 2.0 * s * cfg.d_model * cfg.vocab_size
-    layers = cfg.decoder_layers if cfg.architecture == "encoder_decoder" else cfg.num_layers
-    per_layer = _projections(cfg, t, t) + _scores(cfg, t, t / 2) + _mlp(cfg, t)
-    if cfg.architecture == "encoder_decoder":
-        per_layer += _projections(cfg, t, s) + _scores(cfg, t, s)
-    flops += layers * per_layer
-    return flops + 2.0 * t * cfg.d_model * cfg.vocab_size
+    """Forward matmul FLOPs for one example (S input tokens, T target tokens), summed over the
+    stacks the assembly runs (`models.StackRun`) and its LM head."""
+    runs, head_tokens = models.assembly(cfg).stack_runs(cfg, inputs_length, targets_length)
+    flops = 2.0 * head_tokens * cfg.d_model * cfg.vocab_size
+    for run in runs:
+        t = run.tokens
+        per_layer = _projections(cfg, t, t) + _scores(cfg, t, t / 2 if run.causal else t)
+        per_layer += _mlp(cfg, t)
+        if run.cross_tokens:
+            per_layer += _projections(cfg, t, run.cross_tokens) + _scores(cfg, t, run.cross_tokens)
+        flops += run.layers * per_layer
+    return flops
 
 
 def train_flops_per_example(

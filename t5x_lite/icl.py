@@ -102,7 +102,7 @@ def evaluate(
         prompts.select_shots(pool, max(shots), seed=seed * 1_000_003 + i, exclude=record)
         for i, record in enumerate(records)
     ]
-    decoder_only = model.config.architecture == "decoder_only"
+    continues = model.continues_prompt
     settings = {
         "template": template.name,
         "max_length": max_length,
@@ -126,9 +126,9 @@ def evaluate(
                 draw[:k],
                 tokenizer,
                 max_length=max_length,
-                max_new_tokens=max_new_tokens if decoder_only else 0,
+                max_new_tokens=max_new_tokens if continues else 0,
                 on_overflow=on_overflow,
-                add_eos=not decoder_only,
+                add_eos=not continues,
             )
             for record, draw in zip(records, draws, strict=True)
         ]

@@ -13,8 +13,8 @@ Analytic, per device (B_d = batch per data-parallel shard):
     optimizer state  AdamW: 2 x 4 bytes per parameter (mu, nu); Adafactor: factored row and
                      column second moments (exact shapes from optax, not an approximation)
     activations      what the backward pass keeps, per layer and example:
-                     encoder  S*(6D + 4NH + 3F) + 3*N*S*S      (F counted twice if gated)
-                     decoder  T*(8D + 6NH + 3F) + 2S*NH + 3*N*T*T + 3*N*T*S
+                     a stack over T tokens     T*(6D + 4NH + 3F) + 3*N*T*T  (F twice if gated)
+                     its cross-attention to S  T*(2D + 2NH) + 2S*NH + 3*N*T*S
                      LM head  3*T*V  (logits, softmax, gradient), times B_d and 4 bytes
 The familiar "4 bytes per parameter to hold, ~16 to train with AdamW" is the first three rows.
 """
@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from t5x_lite import data, flops, train
+from t5x_lite import data, flops, models, train
 from t5x_lite.config import ModelConfig
 
 
@@ -52,25 +52,23 @@ def _per_device_bytes(abstract: nnx.State, shardings: nnx.State) -> tuple[int, i
 
 
 def activation_bytes(
-    cfg: ModelConfig, batch: int, inputs_length: int, targets_length: int, bytes_per_value: int = 4
+    cfg: ModelConfig,
+    batch: int,
+    inputs_length: int,
+    targets_length: int = 0,
+    bytes_per_value: int = 4,
 ) -> int:
     """The module docstring's estimate of what the backward pass keeps, for `batch` examples."""
     d, nh, n, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.num_heads, cfg.vocab_size
     f = cfg.d_ff * (2 if cfg.is_gated else 1)
-    s, t = inputs_length, targets_length
-    if cfg.architecture == "decoder_only":
-        s, t = 0, inputs_length
-    per_example = 0
-    if cfg.architecture != "decoder_only":
-        per_example += cfg.num_layers * (s * (6 * d + 4 * nh + 3 * f) + 3 * n * s * s)
-    if cfg.architecture == "encoder_only":
-        t_head = s
-    else:
-        layers = cfg.decoder_layers if cfg.architecture == "encoder_decoder" else cfg.num_layers
-        cross = 2 * s * nh + 3 * n * t * s if cfg.architecture == "encoder_decoder" else 0
-        per_example += layers * (t * (8 * d + 6 * nh + 3 * f) + 3 * n * t * t + cross)
-        t_head = t
-    per_example += 3 * t_head * v
+    runs, head_tokens = models.assembly(cfg).stack_runs(cfg, inputs_length, targets_length)
+    per_example = 3 * head_tokens * v
+    for run in runs:
+        t, s = run.tokens, run.cross_tokens
+        per_layer = t * (6 * d + 4 * nh + 3 * f) + 3 * n * t * t
+        if s:
+            per_layer += t * (2 * d + 2 * nh) + 2 * s * nh + 3 * n * t * s
+        per_example += run.layers * per_layer
     return per_example * batch * bytes_per_value
 
 
@@ -100,14 +98,11 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         )
         for k, v in local.items()
     }
-    inputs_length = local["inputs"].shape[1]
-    targets_length = local["targets"].shape[1] if cfg.architecture == "encoder_decoder" else 0
+    lengths = models.lengths(cfg, local)
 
     params, opt, count = _per_device_bytes(program.abstract_state, program.shardings)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    acts = activation_bytes(
-        cfg, config.train.batch_size // data_parallel, inputs_length, targets_length
-    )
+    acts = activation_bytes(cfg, config.train.batch_size // data_parallel, **lengths)
     if cfg.dtype == "bfloat16":
         acts //= 2
     compiled = program.train_step.lower(
@@ -122,9 +117,7 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
     )
-    per_example = flops.train_flops_per_example(
-        cfg, inputs_length=inputs_length, targets_length=targets_length
-    )
+    per_example = flops.train_flops_per_example(cfg, **lengths)
     return {
         "preset": config.model.preset,
         "mesh": dict(mesh.shape),
@@ -146,8 +139,8 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         "xla_total_bytes": xla_total,
         "analytic_flops_per_step": per_example * config.train.batch_size,
         "xla_flops_per_step": float(cost.get("flops", 0.0)) * mesh.size,
-        "inputs_length": inputs_length,
-        "targets_length": targets_length,
+        "inputs_length": lengths["inputs_length"],
+        "targets_length": lengths.get("targets_length", 0),
     }
 
 

@@ -16,6 +16,9 @@ Shapes: B batch, S input (encoder) length, T target (decoder) length, D d_model,
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -135,9 +138,32 @@ def _embedding(cfg: ModelConfig, rngs: nnx.Rngs) -> Embed:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class StackRun:
+    """One stack's pass over an example, as FLOP and activation counts see it: `layers` blocks
+    over `tokens` positions, self-attention causal or not, cross-attention over `cross_tokens`
+    encoder positions (0: none)."""
+
+    layers: int
+    tokens: int
+    causal: bool
+    cross_tokens: int = 0
+
+
 class _Assembly(nnx.Module):
     """Hidden states -> float32 vocabulary logits, tied (scaled by D**-0.5, T5 v1.0) or not;
-    and `encode` for the assemblies that own a bidirectional `encoder` stack."""
+    and `encode` for the assemblies that own a bidirectional `encoder` stack.
+
+    Each assembly also states its architecture's facts, so callers ask it instead of testing
+    `config.architecture`: `features` (the batch features whose lengths size an example),
+    `stack_runs` (which stacks run over how many tokens: `flops` and `memory` count from it),
+    `generates` (has `prefill` and `step`) and `continues_prompt` (generated tokens extend the
+    prompt's own sequence, so a prompt has no EOS and shares the length budget with them).
+    """
+
+    features: tuple[str, ...] = ("inputs",)
+    generates = False
+    continues_prompt = False
 
     def _init_head(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.lm_head = (
@@ -177,7 +203,8 @@ class _Assembly(nnx.Module):
 class EncoderDecoder(_Assembly):
     """T5 v1.0 / v1.1 / Flan-T5: bidirectional encoder, causal decoder with cross-attention."""
 
-    generates = True  # has `prefill` and `step` (decoding.generate)
+    features = ("inputs", "targets")
+    generates = True
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -185,6 +212,13 @@ class EncoderDecoder(_Assembly):
         self.encoder = Stack(cfg, cfg.num_layers, causal=False, cross_attention=False, rngs=rngs)
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross_attention=True, rngs=rngs)
         self._init_head(cfg, rngs)
+
+    @staticmethod
+    def stack_runs(cfg: ModelConfig, inputs_length: int, targets_length: int = 0):
+        """-> ([encoder over S, decoder over T reading S], LM head tokens T)."""
+        s, t = inputs_length, targets_length
+        runs = [StackRun(cfg.num_layers, s, False), StackRun(cfg.decoder_layers, t, True, s)]
+        return runs, t
 
     def decode(
         self,
@@ -275,12 +309,18 @@ class DecoderOnly(_Assembly):
     """Causal LM (and prefix-LM) from the same blocks: a causal stack without cross-attention."""
 
     generates = True
+    continues_prompt = True
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         self.shared = _embedding(cfg, rngs)
         self.decoder = Stack(cfg, cfg.num_layers, causal=True, cross_attention=False, rngs=rngs)
         self._init_head(cfg, rngs)
+
+    @staticmethod
+    def stack_runs(cfg: ModelConfig, inputs_length: int, targets_length: int = 0):
+        """-> ([causal stack over the S-token sequence], LM head tokens S)."""
+        return [StackRun(cfg.num_layers, inputs_length, True)], inputs_length
 
     def _run(self, input_ids, attention_mask, segment_ids, prefix, cache):
         return _run_causal(
@@ -333,8 +373,6 @@ class EncoderOnly(_Assembly):
     head (`classify`) has `config.num_labels` outputs: 1 for regression / reward scores.
     """
 
-    generates = False
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -355,6 +393,11 @@ class EncoderOnly(_Assembly):
             if cfg.num_labels > 0
             else None
         )
+
+    @staticmethod
+    def stack_runs(cfg: ModelConfig, inputs_length: int, targets_length: int = 0):
+        """-> ([bidirectional stack over S], LM head tokens S)."""
+        return [StackRun(cfg.num_layers, inputs_length, False)], inputs_length
 
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None) -> jax.Array:
         """Masked-LM logits (B, S, V)."""
@@ -389,11 +432,22 @@ ASSEMBLIES = {
 Model = EncoderDecoder | DecoderOnly | EncoderOnly
 
 
+def assembly(cfg: ModelConfig) -> type[Model]:
+    """The assembly class `cfg.architecture` names: the one place that reads the string."""
+    return ASSEMBLIES[cfg.architecture]
+
+
+def lengths(cfg: ModelConfig, batch: Mapping) -> dict[str, int]:
+    """`{"inputs_length": S, "targets_length": T}` from a batch's (B, length) features, for
+    the ones this architecture consumes (what `flops` and `memory` take as keywords)."""
+    return {f"{name}_length": batch[name].shape[1] for name in assembly(cfg).features}
+
+
 def build(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0) -> Model:
     """The assembly named by `cfg.architecture`, randomly initialised."""
     if rngs is None:
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return ASSEMBLIES[cfg.architecture](cfg, rngs=rngs)
+    return assembly(cfg)(cfg, rngs=rngs)
 
 
 def build_abstract(cfg: ModelConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:

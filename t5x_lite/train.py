@@ -290,15 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
         window["steps"] += 1
         if not step_flops:
             cfg = program.model_config
-            encoder_decoder = cfg.architecture == "encoder_decoder"
-            step_flops.append(
-                config.train.batch_size
-                * flops.train_flops_per_example(
-                    cfg,
-                    inputs_length=batch["inputs"].shape[1],
-                    targets_length=batch["targets"].shape[1] if encoder_decoder else 0,
-                )
-            )
+            per_example = flops.train_flops_per_example(cfg, **models.lengths(cfg, batch))
+            step_flops.append(config.train.batch_size * per_example)
         return state, metrics
 
     def throughput(step: int) -> dict:
