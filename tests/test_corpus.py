@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from t5x_lite import config, corpus
+from t5x_lite import config, corpus, scenes
 
 TURN_RE = re.compile(r"#Person([12])#: \S")
 
@@ -155,11 +155,11 @@ def _read_slots(spec: dict) -> set[str]:
 
 
 def test_data_files_load_and_templates_use_defined_slots():
-    scenes = json.loads((corpus.DATA_DIR / "scenes.json").read_text(encoding="utf-8"))
-    words = json.loads((corpus.DATA_DIR / "words.json").read_text(encoding="utf-8"))
-    assert [scene["topic"] for scene in scenes] == list(corpus.TOPICS)
+    raw = json.loads((scenes.DATA_DIR / "scenes.json").read_text(encoding="utf-8"))
+    words = json.loads((scenes.DATA_DIR / "words.json").read_text(encoding="utf-8"))
+    assert [scene["topic"] for scene in raw] == list(corpus.TOPICS)
     assert words["WEEKDAYS"][0] == "Monday" and len(words["NAMES"]) == 50
-    for scene in scenes:
+    for scene in raw:
         defined: set[str] = set()
         for name, spec in scene["slots"].items():
             assert _read_slots(spec) <= defined, (scene["topic"], name, spec)
@@ -175,7 +175,7 @@ def test_data_files_load_and_templates_use_defined_slots():
 
 
 def test_rude_phrases_each_hold_an_insult():
-    phrases = json.loads((corpus.DATA_DIR / "phrases.json").read_text(encoding="utf-8"))
+    phrases = json.loads((scenes.DATA_DIR / "phrases.json").read_text(encoding="utf-8"))
     for key in ("rude_appositives", "rude_openers", "rude_closers"):
         for phrase in phrases[key]:
             assert any(w in phrase.lower() for w in corpus.INSULT_WORDS), phrase
@@ -183,21 +183,20 @@ def test_rude_phrases_each_hold_an_insult():
 
 def test_calc_is_arithmetic_only():
     words = {"N": ["a"]}
-    calc = corpus._sampler({"calc": "(p1 + p2) // 10 * 10 - 3"}, words)
+    calc = scenes.sampler({"calc": "(p1 + p2) // 10 * 10 - 3"}, words)
     assert calc(None, {"p1": "17", "p2": "5"}) == "17"
     for expr in ("__import__('os').getcwd()", "p1 ** 2", "p1.real", "'a' * 3", "1 +"):
         with pytest.raises(ValueError, match="calc"):
-            corpus._sampler({"calc": expr}, words)
+            scenes.sampler({"calc": expr}, words)
 
 
-def test_malformed_data_files_are_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path)
+def test_malformed_data_files_are_named(tmp_path):
     (tmp_path / "words.json").write_text('{"N": "abc"}')
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'words.json'}: 'N' must be")):
-        corpus._load_scenes()
+        scenes.load_scenes(tmp_path)
     (tmp_path / "words.json").write_text('{"N": ["a"],')
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'words.json'}: not valid JSON")):
-        corpus._load_scenes()
+        scenes.load_scenes(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -212,12 +211,11 @@ def test_malformed_data_files_are_named(tmp_path, monkeypatch):
         ({"topic": "t", "slot": {}}, "unknown keys \\['slot'\\]"),
     ],
 )
-def test_malformed_scene_names_file_scene_and_key(tmp_path, monkeypatch, scene, message):
+def test_malformed_scene_names_file_scene_and_key(tmp_path, scene, message):
     (tmp_path / "words.json").write_text(json.dumps({"N": ["a", "b"]}))
     (tmp_path / "scenes.json").write_text(
         json.dumps([{"topic": "ok", "slots": {}, "turns": ["a"], "summary": "b"}, scene])
     )
-    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path)
     where = re.escape(f"{tmp_path / 'scenes.json'}: scene 1 ('t'): ")
     with pytest.raises(ValueError, match=where + message):
-        corpus._load_scenes()
+        scenes.load_scenes(tmp_path)
