@@ -71,7 +71,7 @@ def _resolve_path(spec: DataSpec) -> Path:
     return path
 
 
-def _read_jsonl(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
+def _read_jsonl(path: Path, skip_bad: bool, stats: ReadStats, skip_hint: str) -> list[dict]:
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -86,20 +86,25 @@ def _read_jsonl(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
                     stats.skipped_records += 1
                     continue
                 raise ValueError(
-                    f"{path}:{lineno}: malformed record ({e}); fix the line or set "
-                    "--config.data.skip_bad_records=true"
+                    f"{path}:{lineno}: malformed record ({e}); fix the line{skip_hint}"
                 ) from e
             record["_position"] = f"{path}:{lineno}"
             records.append(record)
     return records
 
 
-def _read_file(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist (data.path)")
+def read_file(
+    path: str | Path, *, skip_bad: bool = False, stats: ReadStats | None = None, skip_hint: str = ""
+) -> list[dict]:
+    """The records of one file, read by its extension (`FILE_EXTENSIONS`); each carries
+    `_position` ("file:line" or "file[row i]") for error messages. A `.txt` file gives one
+    record per non-blank line, its text under `TEXT_FIELD`."""
+    path, stats = Path(path), stats if stats is not None else ReadStats()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
     ext = path.suffix.lower()
     if ext == ".jsonl":
-        return _read_jsonl(path, skip_bad, stats)
+        return _read_jsonl(path, skip_bad, stats, skip_hint)
     if ext == ".json":
         text = path.read_text(encoding="utf-8")
         if text.lstrip().startswith("["):
@@ -108,7 +113,7 @@ def _read_file(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
             return [dict(r, _position=f"{path}[{i}]") for i, r in enumerate(items)]
-        return _read_jsonl(path, skip_bad, stats)  # JSON lines with a .json name
+        return _read_jsonl(path, skip_bad, stats, skip_hint)  # JSON lines with a .json name
     if ext == ".csv":
         with open(path, encoding="utf-8", newline="") as f:
             return [dict(r, _position=f"{path}:{i + 2}") for i, r in enumerate(csv.DictReader(f))]
@@ -174,7 +179,15 @@ def read_records(spec: DataSpec, stats: ReadStats | None = None) -> list[dict]:
             for i, r in enumerate(splits[spec.split])
         ]
     elif spec.source == "jsonl":
-        records = _read_file(_resolve_path(spec), spec.skip_bad_records, stats)
+        path = _resolve_path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {path} does not exist (data.path)")
+        records = read_file(
+            path,
+            skip_bad=spec.skip_bad_records,
+            stats=stats,
+            skip_hint=" or set --config.data.skip_bad_records=true",
+        )
     elif spec.source == "hf":
         records = _read_hf(spec)
     elif spec.source == "tfds":
@@ -201,6 +214,34 @@ def check_fields(records: list[dict], fields: list[str]) -> None:
                     f"record {i} ({record.get('_position', '?')}) has no field {field!r} "
                     f"(set data.input_field / data.target_field); its fields: {have}"
                 )
+
+
+def read_texts(path: str | Path, fields: str | list[str] | None, *, flag: str) -> list[str]:
+    """The non-blank texts of `fields` in every record of the file `path` (`read_file`), record
+    by record; `fields=None` reads a `.txt` file's lines. Errors name the record's position and
+    `flag`, the option that chose the fields."""
+    records = read_file(path)
+    if fields is None:
+        if Path(path).suffix.lower() != ".txt":
+            raise ValueError(f"{flag} is required for {path}, to name the field holding the text")
+        fields = [TEXT_FIELD]
+    fields = [fields] if isinstance(fields, str) else list(fields)
+    if not fields:
+        raise ValueError(f"{flag} must name at least one field")
+    texts = []
+    for record in records:
+        for name in fields:
+            if name not in record:
+                have = sorted(k for k in record if k != "_position")
+                raise KeyError(f"{record['_position']}: no field {name!r} ({flag}); it has {have}")
+            if not isinstance(record[name], str):
+                raise ValueError(
+                    f"{record['_position']}: field {name!r} ({flag}) must be a string, "
+                    f"got {type(record[name]).__name__}"
+                )
+            if record[name].strip():
+                texts.append(record[name])
+    return texts
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -67,12 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     tok_train = tok_sub.add_parser("train", help="train a T5 SentencePiece tokenizer")
-    tok_train.add_argument("--input", required=True, help=".txt (a text per line) or .jsonl")
+    tok_train.add_argument(
+        "--input", required=True, help=".txt (a text per line), or .jsonl .json .csv .parquet"
+    )
     tok_train.add_argument(
         "--field",
         action="append",
         default=None,
-        help="JSONL text field; repeat for several (e.g. dialogue, summary)",
+        help="the records' text field; repeat for several (e.g. dialogue, summary)",
     )
     tok_train.add_argument(
         "--vocab-size",
@@ -95,9 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--prompts-file",
         default=None,
-        help="a prompt per line (.txt), or .jsonl with --field; '-' or neither flag: stdin",
+        help="a prompt per line (.txt), or records (.jsonl .json .csv .parquet) with --field; "
+        "'-' or neither flag: stdin",
     )
-    gen.add_argument("--field", default="dialogue", help="JSONL field holding the prompt")
+    gen.add_argument(
+        "--field", default=None, help="the records' field holding the prompt (default: dialogue)"
+    )
     _add_decoding_flags(gen)
     gen.add_argument("--max-input-length", type=int, default=512, help="prompt window, tokens")
     gen.add_argument(
@@ -173,28 +178,20 @@ def _load_model(args):
 
 
 def _read_prompts(args) -> list[str]:
-    """--prompt flags, else --prompts-file (a prompt per line, or JSONL --field), else stdin."""
+    """--prompt flags, else --prompts-file (by extension: a .txt line or a record's --field per
+    prompt), else stdin (a prompt per line)."""
     if args.prompt:
         return list(args.prompt)
     if args.prompts_file and args.prompts_file != "-":
+        from t5x_lite import data
+
         path = Path(args.prompts_file)
         if not path.is_file():
             raise FileNotFoundError(f"--prompts-file {path} does not exist")
-        if path.suffix == ".jsonl":
-            from t5x_lite import data
-
-            records = data.read_records(data.DataSpec(source="jsonl", path=str(path)))
-            for r in records:
-                if args.field not in r:
-                    fields = sorted(k for k in r if not k.startswith("_"))
-                    raise KeyError(
-                        f"{r['_position']}: no field {args.field!r} (--field); it has {fields}"
-                    )
-            return [str(r[args.field]) for r in records]
-        lines = path.read_text(encoding="utf-8").splitlines()
+        field = args.field or (data.TEXT_FIELD if path.suffix.lower() == ".txt" else "dialogue")
+        prompts = data.read_texts(path, field, flag="--field")
     else:
-        lines = sys.stdin.read().splitlines()
-    prompts = [line for line in lines if line.strip()]
+        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass --prompt TEXT, --prompts-file FILE or lines on stdin")
     return prompts

@@ -18,7 +18,7 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -387,55 +387,6 @@ def load(path: PathLike) -> Tokenizer:
 # -------------------------------------------------------------------- training
 
 
-def _iter_texts(input_path: Path, field: str | Sequence[str] | None) -> Iterator[str]:
-    suffix = input_path.suffix.lower()
-    if suffix == ".txt":
-        if field is not None:
-            raise ValueError(f"field={field!r} only applies to JSONL input, not {input_path}")
-        with input_path.open(encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield line
-        return
-    if suffix not in (".jsonl", ".json"):
-        raise ValueError(
-            f"unsupported corpus {input_path}: expected .txt (one text per line) "
-            "or .jsonl/.json (one JSON object per line)"
-        )
-    if field is None:
-        raise ValueError(f"field is required for JSONL input {input_path} (e.g. field='dialogue')")
-    fields = [field] if isinstance(field, str) else list(field)
-    if not fields:
-        raise ValueError("field must name at least one JSON field")
-    with input_path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{input_path}:{lineno}: invalid JSON: {e.msg}") from e
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{input_path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-                )
-            for name in fields:
-                if name not in record:
-                    raise KeyError(
-                        f"{input_path}:{lineno}: record has no field {name!r}; "
-                        f"its fields are {sorted(record)}"
-                    )
-                value = record[name]
-                if not isinstance(value, str):
-                    raise ValueError(
-                        f"{input_path}:{lineno}: field {name!r} must be a string, "
-                        f"got {type(value).__name__}"
-                    )
-                if value.strip():
-                    yield value
-
-
 def _sample(texts: Iterable[str], k: int, seed: int) -> list[str]:
     # Seeded reservoir sampling keeps memory at O(k) for big corpora; the sample is put back in
     # file order so the trainer sees the same sequence for the same inputs.
@@ -465,11 +416,12 @@ def train(
 ) -> Tokenizer:
     """Train a T5-style SentencePiece model, save it to ``out_dir`` and return it loaded.
 
-    ``input_path`` is a ``.txt`` file (one text per line) or a ``.jsonl``/``.json`` file with one
-    JSON object per line; ``field`` names the text field, or a list of fields whose texts are all
-    used (e.g. ``["dialogue", "summary"]``). ``vocab_size`` is the number of SentencePiece pieces,
-    including pad/eos/unk; the 100 sentinels come on top, so the model vocabulary is
-    ``vocab_size + 100``. At most ``max_sentences`` texts are used, sampled with ``seed``.
+    ``input_path`` is a file `t5x_lite.data.read_file` reads (``.txt``: one text per line;
+    ``.jsonl``, ``.json``, ``.csv``, ``.parquet``: records); ``field`` names the text field, or a
+    list of fields whose texts are all used (e.g. ``["dialogue", "summary"]``). ``vocab_size`` is
+    the number of SentencePiece pieces, including pad/eos/unk; the 100 sentinels come on top, so
+    the model vocabulary is ``vocab_size + 100``. At most ``max_sentences`` texts are used,
+    sampled with ``seed``.
 
     The model mirrors T5's spiece.model: pad=0, eos=1, unk=2, no BOS, nmt_nfkc normalisation
     (newlines and tabs become spaces, as in T5). Only ``model_type="unigram"`` (T5's) tokenizes
@@ -477,6 +429,8 @@ def train(
     is right for any type. With one thread (the default) the same inputs and ``seed`` give a
     byte-identical model; more threads train faster.
     """
+    from t5x_lite import data
+
     input_path = Path(input_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"training corpus {str(input_path)!r} does not exist")
@@ -486,7 +440,7 @@ def train(
         )
     if max_sentences < 1:
         raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
-    texts = _sample(_iter_texts(input_path, field), max_sentences, seed)
+    texts = _sample(data.read_texts(input_path, field, flag="field"), max_sentences, seed)
     if not texts:
         raise ValueError(f"training corpus {input_path} has no non-empty texts")
 

@@ -1,5 +1,6 @@
 """Prompts in, completions out: encoding limits, batching, and `t5x-lite generate`."""
 
+import csv
 import io
 import json
 import logging
@@ -62,6 +63,11 @@ def test_generate_command(tok, tiny_t5, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines() == [f"[{i}] {w}" for i, w in enumerate(want)]
     with pytest.raises(KeyError, match="no field 'dialogue'.*it has \\['text'\\]"):
         main.main([*flags, "--prompts-file", str(tmp_path / "p.jsonl")])
+    # A CSV's prompts are its --field column, one per row, the header not among them.
+    with open(tmp_path / "p.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "dialogue"], *enumerate(texts)])
+    main.main([*flags, "--prompts-file", str(tmp_path / "p.csv"), "--field", "dialogue"])
+    assert capsys.readouterr().out.splitlines() == [f"[{i}] {w}" for i, w in enumerate(want)]
 
     monkeypatch.setattr("sys.stdin", io.StringIO(texts[1] + "\n"))
     main.main(flags)

@@ -4,6 +4,7 @@ transformers 5.x has no sentencepiece-backed T5 class: ``T5Tokenizer`` is the `t
 one, and it only converts ``spiece.model`` when built with ``from_pretrained(directory)``.
 """
 
+import csv
 import json
 import random
 import shutil
@@ -448,3 +449,24 @@ def test_train_embedded_command(tmp_path):
     assert result.stdout.strip() == f"wrote {tmp_path}: 1024 ids (924 pieces + 100 sentinels)"
     shipped = (corpus.DEFAULT_TOKENIZER_DIR / "spiece.model").read_bytes()
     assert (tmp_path / "spiece.model").read_bytes() == shipped
+
+
+def test_train_reads_every_record_format_alike(tmp_path):
+    """The same texts from JSONL, CSV and parquet (`data.read_file`) give the same model bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"dialogue": r["dialogue"], "n": i} for i, r in enumerate(_records(60, seed=2))]
+    _write_jsonl(tmp_path / "c.jsonl", rows)
+    with open(tmp_path / "c.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["dialogue", "n"])
+        writer.writeheader()
+        writer.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    models = []
+    for ext in ("jsonl", "csv", "parquet"):
+        tk.train(tmp_path / f"c.{ext}", tmp_path / ext, vocab_size=100, field="dialogue")
+        models.append((tmp_path / ext / "spiece.model").read_bytes())
+    assert models[0] == models[1] == models[2]
+    with pytest.raises(ValueError, match=r"c\.parquet\[row 0\]: field 'n' \(field\) must be a str"):
+        tk.train(tmp_path / "c.parquet", tmp_path / "x", vocab_size=100, field="n")
