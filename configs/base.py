@@ -45,6 +45,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     c.model.dropout_rate = 0.0  # overrides the preset's dropout (T5 v1.1 pre-trains without)
     c.model.init_from = ""  # HF directory or native checkpoint to start from ("" = random)
+    # Every other ModelConfig field (t5x_lite/config.py), on top of the preset; None keeps the
+    # preset's. vocab_size None with tokenizer.path set: the tokenizer's ids rounded up to a
+    # multiple of 128 (T5's 32,100 -> 32,128). On top of init_from only dtype, param_dtype and
+    # dropout_rate may change.
+    c.model.architecture = None  # encoder_decoder | decoder_only | encoder_only
+    c.model.vocab_size = None
+    c.model.d_model = None
+    c.model.d_kv = None
+    c.model.d_ff = None
+    c.model.num_layers = None
+    c.model.num_decoder_layers = None
+    c.model.num_heads = None
+    c.model.relative_attention_num_buckets = None
+    c.model.relative_attention_max_distance = None
+    c.model.layer_norm_epsilon = None
+    c.model.feed_forward_proj = None  # relu | gated-gelu | gated-silu
+    c.model.tie_word_embeddings = None
+    c.model.num_labels = None
+    c.model.pad_token_id = None
+    c.model.eos_token_id = None
+    c.model.decoder_start_token_id = None
+    c.model.param_dtype = None
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # SentencePiece .model or directory ("" = shipped tiny tokenizer)

@@ -45,23 +45,66 @@ def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
     return tokenizer_lib.load(path)
 
 
+# ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate")
+VOCAB_MULTIPLE = 128  # T5 pads its 32,100 ids to 32,128
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    """The ModelConfig fields `config.model` sets (a None keeps the preset's), type-checked."""
+    fields = {f.name: f for f in dataclasses.fields(config_lib.ModelConfig)}
+    overrides = {}
+    for key, value in config.model.to_dict().items():
+        if key in ("preset", "init_from") or value is None:
+            continue
+        if key not in fields:
+            raise ValueError(
+                f"model.{key} is not a ModelConfig field; the model block takes preset, "
+                f"init_from and {', '.join(fields)}"
+            )
+        default = fields[key].default
+        want = int if default is None else type(default)  # num_decoder_layers: int | None
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            raise ValueError(f"model.{key}={value!r}: expected a {want.__name__}")
+        overrides[key] = value
+    return overrides
+
+
+def padded_vocab_size(num_ids: int) -> int:
+    """`num_ids` rounded up to a multiple of `VOCAB_MULTIPLE` (32,100 -> 32,128)."""
+    return -(-num_ids // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Model:
-    """Random init from `model.preset`, or the weights of `model.init_from` (HF or native)."""
-    overrides = dict(dtype=config.model.dtype, dropout_rate=config.model.dropout_rate)
+    """Random init from `model.preset` and the `model.*` fields set on top of it, or the weights
+    of `model.init_from` (HF or native). `vocab_size` is the tokenizer's number of ids."""
+    overrides = model_overrides(config)
     source = config.model.init_from
     if source:
+        fixed = [k for k in overrides if k not in RUNTIME_FIELDS]
+        if fixed:
+            raise ValueError(
+                f"model.{fixed[0]} cannot be set with model.init_from={source!r}, whose weights "
+                f"fix it; on top of a checkpoint only model.{', model.'.join(RUNTIME_FIELDS)} apply"
+            )
         if hf.is_hf_directory(source):
             model = hf.from_pretrained(source, **overrides)
         else:
             model = checkpoint.load_model(source, **overrides)
     else:
-        model = models.build(
-            config_lib.get_preset(config.model.preset, **overrides), seed=config.train.seed
-        )
+        if "vocab_size" not in overrides and config.tokenizer.path:
+            overrides["vocab_size"] = padded_vocab_size(vocab_size)
+        cfg = config_lib.get_preset(config.model.preset, **overrides)
+        model = models.build(cfg, seed=config.train.seed)
     if vocab_size > model.config.vocab_size:
+        origin = f"init_from={source!r}" if source else f"preset={config.model.preset!r}"
         raise ValueError(
-            f"the tokenizer has {vocab_size} ids but model.preset={config.model.preset!r} has "
-            f"vocab_size={model.config.vocab_size}; use a matching tokenizer.path or preset"
+            f"the tokenizer (tokenizer.path={config.tokenizer.path or '(shipped)'!r}) has "
+            f"{vocab_size} ids but the model (model.{origin}) has model.vocab_size="
+            f"{model.config.vocab_size}; set model.vocab_size >= {vocab_size} or use a tokenizer "
+            "that fits"
         )
     return model
 

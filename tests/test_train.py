@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 import objectives
-from t5x_lite import checkpoint, data, models, run_config, train
+from t5x_lite import checkpoint, data, hf, models, run_config, train
 from t5x_lite import config as config_lib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -436,3 +436,77 @@ def test_fine_tune_from_a_hugging_face_directory(tmp_path):
     assert losses[-1] < losses[0]
     model = checkpoint.load_model(tmp_path / "w" / "checkpoints")
     assert model.config.d_model == 32  # the HF model's shapes, not the preset's
+
+
+def test_every_model_config_field_is_a_config_key():
+    """A ModelConfig field the base config lacks could not be set from a file or the CLI."""
+    block = run_config.load(None).model
+    assert {f.name for f in dataclasses.fields(config_lib.ModelConfig)} <= set(block)
+
+
+def test_model_fields_on_top_of_the_preset_shape_it_as_transformers_does():
+    import transformers
+
+    fields = {
+        "model.vocab_size": 512,
+        "model.d_model": 96,
+        "model.num_heads": 3,
+        "model.d_ff": 200,
+        "model.num_layers": 3,
+        "model.num_decoder_layers": 2,
+        "model.feed_forward_proj": "relu",
+        "model.tie_word_embeddings": "true",
+        "model.layer_norm_epsilon": 1,  # an int where a float is expected is fine
+    }
+    config = objectives.load_config(None, tiny_overrides(**fields))
+    model = train.build_model(config, vocab_size=300)
+    preset = config_lib.get_preset("t5-tiny")
+    reference = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=512,
+            d_model=96,
+            d_kv=preset.d_kv,
+            d_ff=200,
+            num_layers=3,
+            num_decoder_layers=2,
+            num_heads=3,
+            relative_attention_num_buckets=preset.relative_attention_num_buckets,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+        )
+    )
+    ours = {k: v.shape for k, v in hf.to_hf_tensors(model).items()}
+    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert ours.items() <= theirs.items()
+    assert sum(np.prod(s) for s in ours.values()) == reference.num_parameters()
+    assert model.config.layer_norm_epsilon == 1.0
+
+
+def test_vocabulary_is_sized_from_the_tokenizer(tmp_path):
+    from t5x_lite import corpus, tokenizer
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(r["dialogue"] for r in corpus.generate(200)), encoding="utf-8")
+    tok = tokenizer.train(text, tmp_path / "tok", vocab_size=300)  # 400 ids with sentinels
+    config = objectives.load_config(None, tiny_overrides(**{"tokenizer.path": tmp_path / "tok"}))
+    # T5 pads its 32,100 ids (32,000 pieces + 100 sentinels) to 32,128.
+    assert train.padded_vocab_size(32_100) == 32_128
+    assert train.build_model(config, tok.vocab_size).config.vocab_size == 512
+    config.model.vocab_size = 384  # set: smaller than the tokenizer is an error naming both
+    with pytest.raises(ValueError, match=r"tokenizer.path=.*400 ids.*model.vocab_size=384"):
+        train.build_model(config, tok.vocab_size)
+    config.model.vocab_size = 640  # larger is fine
+    assert train.build_model(config, tok.vocab_size).config.vocab_size == 640
+
+
+def test_model_field_errors_name_the_key(tmp_path):
+    config = objectives.load_config(None, tiny_overrides(**{"model.d_model": "wide"}))
+    with pytest.raises(ValueError, match=r"model.d_model='wide': expected a int"):
+        train.build_model(config, vocab_size=1024)
+    with pytest.raises(KeyError, match="model.num_layers"):
+        objectives.load_config(None, tiny_overrides(**{"model.num_layer": 3}))
+    checkpoint.save_model(tmp_path / "ckpt", models.build(config_lib.get_preset("t5-tiny")))
+    overrides = {"model.init_from": tmp_path / "ckpt", "model.num_layers": 3}
+    config = objectives.load_config(None, tiny_overrides(**overrides))
+    with pytest.raises(ValueError, match=r"model.num_layers cannot be set with model.init_from"):
+        train.build_model(config, vocab_size=1024)
