@@ -13,13 +13,25 @@ never an `ml_collections.ConfigDict`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so np.dtype reads its names)
+import numpy as np
 
 ARCHITECTURES = ("encoder_decoder", "decoder_only", "encoder_only")
 FEED_FORWARD_PROJ = ("relu", "gated-gelu", "gated-silu")
 DTYPES = ("float32", "bfloat16", "float16")
 
 Architecture = Literal["encoder_decoder", "decoder_only", "encoder_only"]
+
+
+def dtype_name(value: Any) -> str:
+    """The name of a dtype given as a string, a `jnp` / numpy scalar type or a `np.dtype`
+    ("bfloat16", `jnp.bfloat16` and `np.dtype("bfloat16")` all give "bfloat16")."""
+    try:
+        return np.dtype(value).name
+    except TypeError as e:
+        raise ValueError(f"{value!r} is not a dtype; expected one of {', '.join(DTYPES)}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +71,12 @@ class ModelConfig:
                 f"{', '.join(FEED_FORWARD_PROJ)}"
             )
         for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            if not isinstance(value, str):  # a jnp / numpy dtype is kept by its name (JSON)
+                try:
+                    object.__setattr__(self, name, dtype_name(value))
+                except ValueError as e:
+                    raise ValueError(f"{name}={value!r}: {e}") from None
             if getattr(self, name) not in DTYPES:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported; expected one of "

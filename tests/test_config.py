@@ -3,6 +3,8 @@ transformers' own `T5Config`, and t5-small's parameter count against transformer
 
 import dataclasses
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -104,6 +106,13 @@ def test_parameter_counts_match_transformers():
     assert _num_params(cfg) == _hf_num_params("flan-t5-small") + lm_head
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", jnp.bfloat16, np.dtype(jnp.bfloat16), "float16"])
+def test_dtypes_are_strings_or_jnp_and_numpy_dtypes(dtype):
+    cfg = config.get_preset("t5-tiny", dtype=dtype, param_dtype=np.float32)
+    assert (cfg.dtype, cfg.param_dtype) == (np.dtype(dtype).name, "float32")
+    assert config.ModelConfig.from_dict(cfg.to_dict()) == cfg  # kept as names: JSON as before
+
+
 def test_dict_round_trip_and_overrides():
     cfg = config.get_preset("t5-tiny", num_decoder_layers=3, dtype="bfloat16")
     assert config.ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -114,6 +123,8 @@ def test_dict_round_trip_and_overrides():
     for bad, match in [
         (dict(architecture="rnn"), "architecture='rnn' is not supported"),
         (dict(dtype="int8"), "dtype='int8' is not supported"),
+        (dict(dtype=jnp.int8), "dtype='int8' is not supported"),
+        (dict(param_dtype=3.5), "param_dtype=3.5: 3.5 is not a dtype"),
         (dict(num_heads=0), "num_heads must be positive, got 0"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -149,7 +149,8 @@ def test_sharded_checkpoint(tmp_path):
 
 def test_bfloat16_compute_is_finite_and_close(tmp_path):
     ref = make_hf(tmp_path, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-    ours = hf.from_pretrained(tmp_path, dtype="bfloat16")
+    ours = hf.from_pretrained(tmp_path, dtype=jnp.bfloat16)  # or "bfloat16", as Flax takes both
+    assert ours.config.dtype == "bfloat16"
     ids, mask, labels = padded_batch(seed=6)
     dec = np.asarray(models.shift_right(jnp.asarray(labels)))
     logits = ours(ids, dec, mask)
