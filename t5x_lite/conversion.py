@@ -1,10 +1,11 @@
 """Checkpoint conversion between Hugging Face directories and native Orbax checkpoints.
 
     conversion.hf_to_native("flan-t5-small/", "ckpt/")    # t5x-lite convert --from-hf ... --to
-    conversion.native_to_hf("ckpt/", "hf_out/")           # t5x-lite convert --from ... --to-hf
+    conversion.native_to_hf("runs/default", "hf_out/")    # t5x-lite convert --from ... --to-hf
 
-Tokenizer files found beside the source (spiece.model and friends) are copied to the target, so
-either side stays a complete model directory.
+A model travels with its tokenizer: HF -> native copies the tokenizer files into the
+checkpoint's `tokenizer/`, native -> HF saves the model's tokenizer (`tokenizer_dir`) beside
+the weights, so either side stays a complete model directory.
 
     model, tok = conversion.load_for_inference("runs/default")   # workdir, native or HF directory
 """
@@ -16,8 +17,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from t5x_lite import checkpoint, hf, models
+from t5x_lite import config as config_lib
 from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,67 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def locate(path: str | os.PathLike, *, flag: str = "--model") -> tuple[str, Path]:
+    """What `path` (given as `flag`) holds: `("hf", path)` for a Hugging Face directory, or
+    `("native", checkpoints)` for a `t5x-lite train` workdir (its `checkpoints/`) or a native
+    checkpoint directory. The three are accepted wherever a model is read."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{flag} {str(path)!r} does not exist: expected a Hugging Face directory, a "
+            "`t5x-lite train` workdir or a native checkpoint directory"
+        )
+    if hf.is_hf_directory(path):
+        return "hf", path
+    if (path / "checkpoints").is_dir():
+        return "native", path / "checkpoints"
+    return "native", path
+
+
+def workdir_of(path: str | os.PathLike) -> Path | None:
+    """The `t5x-lite train` workdir that `path` is, or whose `checkpoints/` it is; else None."""
+    path = Path(path)
+    for candidate in (path, path.parent):
+        if (candidate / "config.json").is_file() and (candidate / "checkpoints").is_dir():
+            if candidate == path or path.name == "checkpoints":
+                return candidate
+    return None
+
+
+def model_config(
+    path: str | os.PathLike, *, flag: str = "--model", **overrides
+) -> config_lib.ModelConfig:
+    """The ModelConfig of the model at `path` (see `locate`), with `overrides`; no weights read."""
+    kind, where = locate(path, flag=flag)
+    if kind == "hf":
+        return hf.config_from_hf(hf.load_hf_config(where), **overrides)
+    return checkpoint.load_model_config(where).replace(**overrides)
+
+
+def load_model(path: str | os.PathLike, *, flag: str = "--model", **overrides) -> models.Model:
+    """The model at `path` (see `locate`) in eval mode, `overrides` replacing config fields."""
+    kind, where = locate(path, flag=flag)
+    if kind == "hf":
+        return hf.from_pretrained(where, **overrides)
+    return checkpoint.load_model(where, **overrides)
+
+
+def tokenizer_dir(path: str | os.PathLike) -> Path | None:
+    """The tokenizer that travels with the model at `path`: a HF directory's own files, a
+    workdir's `tokenizer/` (older workdirs: their config's `tokenizer.path`), a native
+    checkpoint's `tokenizer/`; None where there is none (the shipped one was used)."""
+    path = Path(path)
+    workdir = workdir_of(path)
+    if workdir is not None:
+        if (workdir / "tokenizer").is_dir():
+            return workdir / "tokenizer"
+        saved = json.loads((workdir / "config.json").read_text()).get("tokenizer", {})
+        return Path(saved["path"]) if saved.get("path") else None
+    if hf.is_hf_directory(path):
+        return path if any((path / n).exists() for n in tokenizer_lib.SPM_FILENAMES) else None
+    return path / "tokenizer" if (path / "tokenizer").is_dir() else None
+
+
 def hf_to_native(
     hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, architecture: str | None = None
 ) -> Path:
@@ -47,57 +111,33 @@ def hf_to_native(
     return Path(out_dir)
 
 
-def native_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    model = checkpoint.load_model(ckpt_dir)
-    hf.save_pretrained(model, out_dir)
-    _copy_tokenizer(Path(ckpt_dir) / "tokenizer", Path(out_dir))
-    log.info("wrote Hugging Face directory %s", out_dir)
+def native_to_hf(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """A workdir or native checkpoint as a Hugging Face directory, with its tokenizer
+    (`tokenizer_dir`, else the shipped one) saved beside it, as `T5Tokenizer` reads it."""
+    model = load_model(path, flag="--from")
+    tok = tokenizer_lib.load(tokenizer_dir(path) or default_tokenizer_dir())
+    hf.save_pretrained(model, out_dir, tokenizer=tok)
+    log.info("wrote Hugging Face directory %s (tokenizer %s)", out_dir, tok.source)
     return Path(out_dir)
 
 
-def _default_tokenizer_dir() -> Path:
+def default_tokenizer_dir() -> Path:
+    """The shipped tokenizer (vocabulary 1024), used where a model has none of its own."""
     from t5x_lite import corpus
 
     return corpus.DEFAULT_TOKENIZER_DIR
 
 
 def load_for_inference(
-    path: str | os.PathLike, *, tokenizer_path: str | None = None, dtype: str | None = None
+    path: str | os.PathLike, *, tokenizer_path: str | None = None, dtype: Any = None
 ) -> tuple[models.Model, tokenizer_lib.Tokenizer]:
-    """(model in eval mode, its tokenizer) from any model directory we know:
-
-    - a Hugging Face directory (config.json with a model_type; tokenizer beside it),
-    - a `t5x-lite train` workdir (latest step of `checkpoints/`; the run's `tokenizer.path`),
-    - a native checkpoint from `t5x-lite convert` (tokenizer in its `tokenizer/` subdirectory).
-
-    `tokenizer_path` overrides the tokenizer; where none is found, the shipped one is used.
-    The tokenizer must not have more ids than the model's vocabulary.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model path {str(path)!r} does not exist: expected a Hugging Face directory, a "
-            "`t5x-lite train` workdir or a native checkpoint directory"
-        )
-    overrides = {} if dtype is None else {"dtype": dtype}
-    found: Path | None = None
-    if hf.is_hf_directory(path):
-        model = hf.from_pretrained(path, **overrides)
-        if any((path / n).exists() for n in tokenizer_lib.SPM_FILENAMES):
-            found = path
-    elif (path / "checkpoints").is_dir():
-        model = checkpoint.load_model(path / "checkpoints", **overrides)
-        run = path / "config.json"
-        if run.exists():
-            saved = json.loads(run.read_text()).get("tokenizer", {}).get("path", "")
-            found = Path(saved) if saved else _default_tokenizer_dir()
-    else:
-        model = checkpoint.load_model(path, **overrides)
-        if (path / "tokenizer").is_dir():
-            found = path / "tokenizer"
-    if tokenizer_path:
-        found = Path(tokenizer_path)
-    tok = tokenizer_lib.load(found if found is not None else _default_tokenizer_dir())
+    """(model in eval mode, its tokenizer) from a Hugging Face directory, a `t5x-lite train`
+    workdir or a native checkpoint (`locate`). The tokenizer is the model's own
+    (`tokenizer_dir`) unless `tokenizer_path` is given; where the model has none, the shipped
+    one. The tokenizer must not have more ids than the model's vocabulary."""
+    model = load_model(path, **({} if dtype is None else {"dtype": dtype}))
+    found = Path(tokenizer_path) if tokenizer_path else tokenizer_dir(path)
+    tok = tokenizer_lib.load(found if found is not None else default_tokenizer_dir())
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"tokenizer {tok.source} has {tok.vocab_size} ids but the model at {path} has "

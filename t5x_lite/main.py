@@ -2,7 +2,7 @@
 
 t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...]
 t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
-t5x-lite convert --from CKPT_DIR --to-hf HF_DIR      # native -> HF directory
+t5x-lite convert --from WORKDIR --to-hf HF_DIR       # workdir or native -> HF directory
 t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
 t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped tokenizer
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert between HF and native checkpoints")
     src = convert.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", dest="from_hf", help="a Hugging Face T5 directory")
-    src.add_argument("--from", dest="from_native", help="a native Orbax checkpoint directory")
+    src.add_argument(
+        "--from", dest="from_native", help="a `t5x-lite train` workdir or native checkpoint"
+    )
     dst = convert.add_mutually_exclusive_group(required=True)
     dst.add_argument("--to", dest="to_native", help="native checkpoint directory to write")
     dst.add_argument("--to-hf", dest="to_hf", help="Hugging Face directory to write")
@@ -307,11 +309,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# Where our code lives: an error raised here is bad input we have explained in its message.
+_OUR_PACKAGES = tuple(
+    Path(__file__).resolve().parent.parent / name
+    for name in ("t5x_lite", "objectives", "sharding", "configs")
+)
+
+
+def _raised_by_us(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(where.is_relative_to(package) for package in _OUR_PACKAGES)
+
+
 def run() -> None:
-    """Console-script entry point: a clear one-line error for bad input, not a traceback."""
+    """Console-script entry point: bad input that our code caught and explained is a one-line
+    error; an error raised inside a library keeps its traceback, which says where it came from."""
     try:
         sys.exit(main())
     except (FileNotFoundError, ValueError, KeyError, ConnectionError) as e:
+        if not _raised_by_us(e):
+            raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"t5x-lite: error: {message}", file=sys.stderr)
         sys.exit(2)

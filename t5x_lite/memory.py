@@ -85,7 +85,7 @@ def _abstract_with_shardings(abstract: nnx.State, shardings: nnx.State) -> nnx.S
 
 def analyze(config: ml_collections.ConfigDict, objective) -> dict:
     """Analytic and XLA numbers for one step of `config` (see the module docstring)."""
-    tok = train.load_tokenizer(config.tokenizer.path)
+    tok = train.load_tokenizer(config)
     program = train.make_program(config, objective, tok.vocab_size)
     cfg, mesh = program.model_config, program.mesh
     ds, _ = train.make_pipeline(

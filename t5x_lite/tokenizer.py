@@ -12,6 +12,7 @@ Face T5 layout (``spiece.model`` + ``tokenizer_config.json``), so ``transformers
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import os
@@ -97,6 +98,14 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp_vocab_size + self._extra_ids
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the SentencePiece model and the sentinel count: equal exactly when two
+        tokenizers map text to the same ids."""
+        digest = hashlib.sha256(self._sp.serialized_model_proto())
+        digest.update(str(self._extra_ids).encode())
+        return digest.hexdigest()
 
     def sentinel_id(self, i: int) -> int:
         """Id of ``<extra_id_{i}>``; sentinels count down from the top of the vocabulary."""

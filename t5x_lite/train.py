@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,7 @@ from flax import nnx
 
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
-from t5x_lite import checkpoint, data, flops, hf, loop, models, optim, run_config, steps
+from t5x_lite import checkpoint, conversion, data, flops, loop, models, optim, run_config, steps
 from t5x_lite import config as config_lib
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import tokenizer as tokenizer_lib
@@ -37,12 +39,37 @@ log = logging.getLogger(__name__)
 NonFiniteLossError = loop.NonFiniteLossError  # raised by the loop; here for callers' imports
 
 
-def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
-    if not path:
-        from t5x_lite import corpus
+def load_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+    """The run's tokenizer: `tokenizer.path`, else the one `model.init_from` travels with
+    (`conversion.tokenizer_dir`), else the shipped one. Given both, they must be the same."""
+    source = config.model.init_from
+    own = conversion.tokenizer_dir(source) if source else None
+    if not config.tokenizer.path:
+        return tokenizer_lib.load(own or conversion.default_tokenizer_dir())
+    tok = tokenizer_lib.load(config.tokenizer.path)
+    if own is not None and tokenizer_lib.load(own).checksum != tok.checksum:
+        raise ValueError(
+            f"tokenizer.path={config.tokenizer.path!r} is not the tokenizer model.init_from="
+            f"{source!r} was trained with ({own}); leave tokenizer.path empty to use that one"
+        )
+    return tok
 
-        path = str(corpus.DEFAULT_TOKENIZER_DIR)
-    return tokenizer_lib.load(path)
+
+def keep_tokenizer(workdir: Path, tok: tokenizer_lib.Tokenizer) -> None:
+    """Save the run's tokenizer as `workdir/tokenizer`, so the workdir is a whole model
+    directory wherever it is read from; a resumed run must use the same tokenizer."""
+    saved = workdir / "tokenizer"
+    if saved.is_dir():
+        if tokenizer_lib.load(saved).checksum != tok.checksum:
+            raise ValueError(
+                f"{workdir} was trained with the tokenizer in {saved}, not {tok.source} "
+                "(tokenizer.path); resume with that one or start a new workdir"
+            )
+    elif jax.process_index() == 0:
+        tmp = workdir / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save(tmp)
+        os.replace(tmp, saved)  # whole or absent, never half written
 
 
 # ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it.
@@ -77,9 +104,10 @@ def padded_vocab_size(num_ids: int) -> int:
     return -(-num_ids // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Model:
-    """Random init from `model.preset` and the `model.*` fields set on top of it, or the weights
-    of `model.init_from` (HF or native). `vocab_size` is the tokenizer's number of ids."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
+    """The ModelConfig a run trains: `model.preset` with the `model.*` fields set on top, or
+    `model.init_from`'s (a workdir, native checkpoint or HF directory) with its runtime fields.
+    `vocab_size` is the tokenizer's number of ids; it must fit in the model's vocabulary."""
     overrides = model_overrides(config)
     source = config.model.init_from
     if source:
@@ -89,24 +117,19 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.Mo
                 f"model.{fixed[0]} cannot be set with model.init_from={source!r}, whose weights "
                 f"fix it; on top of a checkpoint only model.{', model.'.join(RUNTIME_FIELDS)} apply"
             )
-        if hf.is_hf_directory(source):
-            model = hf.from_pretrained(source, **overrides)
-        else:
-            model = checkpoint.load_model(source, **overrides)
+        cfg = conversion.model_config(source, flag="model.init_from", **overrides)
     else:
         if "vocab_size" not in overrides and config.tokenizer.path:
             overrides["vocab_size"] = padded_vocab_size(vocab_size)
         cfg = config_lib.get_preset(config.model.preset, **overrides)
-        model = models.build(cfg, seed=config.train.seed)
-    if vocab_size > model.config.vocab_size:
+    if vocab_size > cfg.vocab_size:
         origin = f"init_from={source!r}" if source else f"preset={config.model.preset!r}"
         raise ValueError(
             f"the tokenizer (tokenizer.path={config.tokenizer.path or '(shipped)'!r}) has "
             f"{vocab_size} ids but the model (model.{origin}) has model.vocab_size="
-            f"{model.config.vocab_size}; set model.vocab_size >= {vocab_size} or use a tokenizer "
-            "that fits"
+            f"{cfg.vocab_size}; set model.vocab_size >= {vocab_size} or use a tokenizer that fits"
         )
-    return model
+    return cfg
 
 
 @dataclasses.dataclass
@@ -160,18 +183,21 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
         grad_clip=config.optim.grad_clip,
     )
 
-    def create():
-        model = build_model(config, vocab_size)
+    cfg = model_config(config, vocab_size)
+
+    def create():  # random init; `init_state` then reads `model.init_from`'s weights over it
+        model = models.build(cfg, seed=config.train.seed)
         model.train()
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(create))
-    model_config = nnx.merge(graphdef, abstract)[0].config
-    if model_config.architecture != objective.architecture:
+    if cfg.architecture != objective.architecture:
+        source = config.model.init_from
+        origin = f"init_from={source!r}" if source else f"preset={config.model.preset!r}"
         raise ValueError(
             f"objective.name={config.objective.name!r} trains a {objective.architecture} model, "
-            f"but model.preset={config.model.preset!r} is {model_config.architecture}"
+            f"but model.{origin} is {cfg.architecture}"
         )
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
     shardings = rules_lib.state_shardings(abstract, mesh, rules)
     abstract_model = nnx.merge(graphdef, abstract)[0]
     abstract_model.eval()
@@ -209,17 +235,25 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
         batch_sharding,
         train_step,
         eval_step,
-        model_config,
+        cfg,
         create,
     )
 
 
 def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
-    """The (model, optimizer) state laid out over the mesh: random init computed shard by
-    shard on the devices, or `model.init_from` loaded and then distributed."""
+    """The (model, optimizer) state laid out over the mesh, computed shard by shard on the
+    devices; with `model.init_from`, its parameters then replaced by the source's, read
+    outside any trace and placed in the same shardings."""
+    state = jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
     if config.model.init_from:
-        return jax.device_put(nnx.split(program.create())[1], program.shardings)
-    return jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
+        runtime = {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
+        source = conversion.load_model(config.model.init_from, flag="model.init_from", **runtime)
+        params = nnx.filter_state(state[0], nnx.Param)
+        placed = jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(params))
+        loaded = jax.device_put(nnx.to_pure_dict(nnx.state(source, nnx.Param)), placed)
+        nnx.replace_by_pure_dict(params, loaded)
+        nnx.update(state[0], params)
+    return state
 
 
 def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: data.ReadStats):
@@ -268,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(run_config.to_json(config))
 
-    tok = load_tokenizer(config.tokenizer.path)
+    tok = load_tokenizer(config)
+    keep_tokenizer(workdir, tok)
     program = make_program(config, objective, tok.vocab_size)
     mesh, shardings = program.mesh, program.shardings
     stats = data.ReadStats()

@@ -234,3 +234,11 @@ def test_bad_input_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert code == 2 and "convert goes --from-hf DIR --to DIR" in err
     code, err = run("icl", "--model", "m", "--bogus")
     assert code == 2 and "unrecognized arguments: --bogus" in err
+
+    # An error raised inside a library, not explained by us, keeps its traceback.
+    def fails_inside_a_library(argv=None):
+        json.loads("{")
+
+    monkeypatch.setattr(main, "main", fails_inside_a_library)
+    with pytest.raises(json.JSONDecodeError):
+        main.run()

@@ -238,7 +238,7 @@ def test_async_checkpoints_sigterm_resume_keep_and_eval(tmp_path, monkeypatch):
         r["eval_loss"] for r in b if "eval_loss" in r
     ]
     config = objectives.load_config(None, tiny_overrides(**common))
-    tok = train.load_tokenizer("")
+    tok = train.load_tokenizer(config)
     eval_ds, _ = train.make_pipeline(
         config, objective, tok, "validation", train=False, stats=data.ReadStats()
     )
@@ -459,7 +459,7 @@ def test_model_fields_on_top_of_the_preset_shape_it_as_transformers_does():
         "model.layer_norm_epsilon": 1,  # an int where a float is expected is fine
     }
     config = objectives.load_config(None, tiny_overrides(**fields))
-    model = train.build_model(config, vocab_size=300)
+    model = models.build(train.model_config(config, vocab_size=300))
     preset = config_lib.get_preset("t5-tiny")
     reference = transformers.T5ForConditionalGeneration(
         transformers.T5Config(
@@ -491,22 +491,22 @@ def test_vocabulary_is_sized_from_the_tokenizer(tmp_path):
     config = objectives.load_config(None, tiny_overrides(**{"tokenizer.path": tmp_path / "tok"}))
     # T5 pads its 32,100 ids (32,000 pieces + 100 sentinels) to 32,128.
     assert train.padded_vocab_size(32_100) == 32_128
-    assert train.build_model(config, tok.vocab_size).config.vocab_size == 512
+    assert train.model_config(config, tok.vocab_size).vocab_size == 512
     config.model.vocab_size = 384  # set: smaller than the tokenizer is an error naming both
     with pytest.raises(ValueError, match=r"tokenizer.path=.*400 ids.*model.vocab_size=384"):
-        train.build_model(config, tok.vocab_size)
+        train.model_config(config, tok.vocab_size)
     config.model.vocab_size = 640  # larger is fine
-    assert train.build_model(config, tok.vocab_size).config.vocab_size == 640
+    assert train.model_config(config, tok.vocab_size).vocab_size == 640
 
 
 def test_model_field_errors_name_the_key(tmp_path):
     config = objectives.load_config(None, tiny_overrides(**{"model.d_model": "wide"}))
     with pytest.raises(ValueError, match=r"model.d_model='wide': expected a int"):
-        train.build_model(config, vocab_size=1024)
+        train.model_config(config, vocab_size=1024)
     with pytest.raises(KeyError, match="model.num_layers"):
         objectives.load_config(None, tiny_overrides(**{"model.num_layer": 3}))
     checkpoint.save_model(tmp_path / "ckpt", models.build(config_lib.get_preset("t5-tiny")))
     overrides = {"model.init_from": tmp_path / "ckpt", "model.num_layers": 3}
     config = objectives.load_config(None, tiny_overrides(**overrides))
     with pytest.raises(ValueError, match=r"model.num_layers cannot be set with model.init_from"):
-        train.build_model(config, vocab_size=1024)
+        train.model_config(config, vocab_size=1024)
