@@ -76,6 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.path = ""  # file for jsonl-like sources; dataset name for hf / tfds
     c.data.split = "train"
     c.data.eval_split = "validation"  # "" disables eval
+    # A file to evaluate on (same formats as data.path). A single-file data.path has no other
+    # split: eval needs eval_path (set it to data.path to evaluate on the training file).
+    c.data.eval_path = ""
     c.data.input_field = "dialogue"  # text field for pre-training; the input for seq2seq
     c.data.target_field = "summary"  # seq2seq target
     c.data.skip_bad_records = False  # skip (and count) malformed records instead of failing

@@ -42,6 +42,8 @@ class DataSpec:
     input_field: str = "dialogue"
     target_field: str = "summary"
     skip_bad_records: bool = False
+    path_key: str = "data.path"  # the config keys that chose `path` and `split`, for errors
+    split_key: str = "data.split"
 
 
 @dataclasses.dataclass
@@ -54,9 +56,15 @@ class ReadStats:
 # ----------------------------------------------------------------------------- reading
 
 
+def is_single_file(path: str) -> bool:
+    """Whether a file source's `path` names one file for every split (no `{split}`, no
+    directory of `{split}.jsonl` files)."""
+    return bool(path) and "{split}" not in path and not Path(path).is_dir()
+
+
 def _resolve_path(spec: DataSpec) -> Path:
     if not spec.path:
-        raise ValueError(f"data.source={spec.source!r} needs data.path (a file or directory)")
+        raise ValueError(f"data.source={spec.source!r} needs {spec.path_key} (a file or directory)")
     if "{split}" in spec.path:
         return Path(spec.path.format(split=spec.split))
     path = Path(spec.path)
@@ -65,8 +73,8 @@ def _resolve_path(spec: DataSpec) -> Path:
             if (path / f"{spec.split}{ext}").exists():
                 return path / f"{spec.split}{ext}"
         raise FileNotFoundError(
-            f"data.path={path} is a directory without {spec.split}.jsonl (or .json .csv "
-            f".parquet .txt) for data.split={spec.split!r}"
+            f"{spec.path_key}={path} is a directory without {spec.split}.jsonl (or .json .csv "
+            f".parquet .txt) for {spec.split_key}={spec.split!r}"
         )
     return path
 
@@ -181,7 +189,7 @@ def read_records(spec: DataSpec, stats: ReadStats | None = None) -> list[dict]:
     elif spec.source == "jsonl":
         path = _resolve_path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"data file {path} does not exist (data.path)")
+            raise FileNotFoundError(f"data file {path} does not exist ({spec.path_key})")
         records = read_file(
             path,
             skip_bad=spec.skip_bad_records,

@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (text, c) in enumerate(zip(texts, done, strict=True)):
             if args.jsonl:
                 row = {"prompt": text, "completion": c.text, "logprob": c.logprob}
-                print(json.dumps(row | {"num_tokens": len(c.tokens)}, ensure_ascii=False))
+                row |= {"num_tokens": len(c.tokens), "tokens": c.tokens}
+                print(json.dumps(row, ensure_ascii=False))
             else:
                 print(c.text if len(texts) == 1 else f"[{i}] {c.text}")
     elif args.command == "icl":

@@ -88,9 +88,8 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
     tok = train.load_tokenizer(config)
     program = train.make_program(config, objective, tok.vocab_size)
     cfg, mesh = program.model_config, program.mesh
-    ds, _ = train.make_pipeline(
-        config, objective, tok, config.data.split, train=True, stats=data.ReadStats()
-    )
+    spec = train.data_spec(config, train=True)
+    ds, _ = train.make_pipeline(config, objective, tok, spec, train=True, stats=data.ReadStats())
     local = next(iter(ds))
     batch = {
         k: jax.ShapeDtypeStruct(

@@ -256,22 +256,55 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
     return state
 
 
-def make_pipeline(config, objective, tok, split: str, *, train: bool, stats: data.ReadStats):
-    """The grain dataset of `split` for this process, and its truncation counter."""
+def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpec | None:
+    """What to read for training, or for eval (None: eval is off, and the log says why).
+    Eval reads `data.eval_path` if set, else `data.eval_split` of the training source; a
+    single-file `data.path` has no eval split, so there it needs `data.eval_path`."""
+    d = config.data
+    common = dict(
+        input_field=d.input_field, target_field=d.target_field, skip_bad_records=d.skip_bad_records
+    )
+    if train:
+        return data.DataSpec(d.source, d.path, d.split, **common)
+    if d.eval_path:
+        if d.source in ("hf", "tfds"):
+            raise ValueError(
+                f"data.eval_path is for file sources; data.source={d.source!r} evaluates on "
+                "data.eval_split"
+            )
+        split = d.eval_split or "validation"
+        return data.DataSpec(
+            "jsonl",
+            d.eval_path,
+            split,
+            **common,
+            path_key="data.eval_path",
+            split_key="data.eval_split",
+        )
+    if not d.eval_split:
+        log.info("eval is off: data.eval_split and data.eval_path are empty")
+        return None
+    if d.source == "jsonl" and data.is_single_file(d.path):
+        log.warning(
+            "eval is off: data.path=%s is one file, with no %r split; set data.eval_path to a "
+            "held-out file (or to data.path to evaluate on the training file)",
+            d.path,
+            d.eval_split,
+        )
+        return None
+    return data.DataSpec(d.source, d.path, d.eval_split, **common, split_key="data.eval_split")
+
+
+def make_pipeline(
+    config, objective, tok, spec: data.DataSpec, *, train: bool, stats: data.ReadStats
+):
+    """The grain dataset `spec` names, for this process, and its truncation counter."""
     if config.train.batch_size % jax.process_count():
         raise ValueError(
             f"train.batch_size={config.train.batch_size} is not divisible by the "
             f"number of processes ({jax.process_count()})"
         )
     options, _ = loss_options(config, objective)
-    spec = data.DataSpec(
-        config.data.source,
-        config.data.path,
-        split,
-        config.data.input_field,
-        config.data.target_field,
-        config.data.skip_bad_records,
-    )
     records = data.read_records(spec, stats)
     _, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
     counter = data.TruncationCounter(max_tokens)
@@ -308,14 +341,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
     mesh, shardings = program.mesh, program.shardings
     stats = data.ReadStats()
     train_ds, truncation = make_pipeline(
-        config, objective, tok, config.data.split, train=True, stats=stats
+        config, objective, tok, data_spec(config, train=True), train=True, stats=stats
     )
     train_iter = iter(train_ds)
-    eval_ds = None
-    if config.data.eval_split:
-        eval_ds = make_pipeline(
-            config, objective, tok, config.data.eval_split, train=False, stats=stats
-        )[0]
+    eval_ds, eval_spec = None, data_spec(config, train=False)
+    if eval_spec is not None:
+        eval_ds = make_pipeline(config, objective, tok, eval_spec, train=False, stats=stats)[0]
     state = init_state(program, config)
     model, _ = nnx.merge(program.graphdef, state)
     if mesh.size > 1:

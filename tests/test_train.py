@@ -239,8 +239,9 @@ def test_async_checkpoints_sigterm_resume_keep_and_eval(tmp_path, monkeypatch):
     ]
     config = objectives.load_config(None, tiny_overrides(**common))
     tok = train.load_tokenizer(config)
+    spec = train.data_spec(config, train=False)
     eval_ds, _ = train.make_pipeline(
-        config, objective, tok, "validation", train=False, stats=data.ReadStats()
+        config, objective, tok, spec, train=False, stats=data.ReadStats()
     )
     it = iter(eval_ds)
     batches = [next(it) for _ in range(2)]
@@ -510,3 +511,25 @@ def test_model_field_errors_name_the_key(tmp_path):
     config = objectives.load_config(None, tiny_overrides(**overrides))
     with pytest.raises(ValueError, match=r"model.num_layers cannot be set with model.init_from"):
         train.model_config(config, vocab_size=1024)
+
+
+def test_eval_data_is_never_the_training_file_by_accident(tmp_path, caplog):
+    rows = [json.dumps({"dialogue": f"d {i}", "summary": "s"}) for i in range(4)]
+    one = _jsonl(tmp_path / "all.jsonl", rows)
+
+    def spec(**overrides):
+        config = objectives.load_config(None, tiny_overrides(**overrides))
+        return train.data_spec(config, train=False)
+
+    with caplog.at_level("INFO", logger="t5x_lite.train"):
+        assert spec(**{"data.source": "jsonl", "data.path": one}) is None
+    assert "eval is off: data.path=" in caplog.text and "set data.eval_path" in caplog.text
+    held_out = spec(**{"data.source": "jsonl", "data.path": one, "data.eval_path": one})
+    assert held_out.path == str(one)  # evaluating on the training file, said explicitly
+    assert spec(**{"data.eval_split": ""}) is None
+    assert spec().split == "validation"  # the embedded corpus has its own
+    (tmp_path / "dir").mkdir()
+    _jsonl(tmp_path / "dir" / "train.jsonl", rows)
+    missing = spec(**{"data.source": "jsonl", "data.path": tmp_path / "dir"})
+    with pytest.raises(FileNotFoundError, match=r"without validation.jsonl .*data.eval_split="):
+        data.read_records(missing)
