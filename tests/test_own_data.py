@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import transformers
 from test_train import logged, run_inprocess
@@ -35,6 +36,7 @@ def _write_jsonl(path, rows):
     return path
 
 
+@pytest.mark.slow
 def test_own_corpus_to_hugging_face_and_back(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
     rows = _corpus(2400)
