@@ -20,6 +20,7 @@ drives.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -381,6 +382,42 @@ def check_flags(
             raise ValueError(message)
 
 
+def cache_bytes(cfg, *, rows: int, length: int) -> int:
+    """Bytes of a decoding cache: every decoder layer's keys and values for `rows` sequences
+    of `length` positions, in the compute dtype."""
+    per_position = 2 * cfg.num_heads * cfg.d_kv * np.dtype(cfg.dtype).itemsize
+    return cfg.decoder_layers * rows * length * per_position
+
+
+def free_memory_bytes() -> int | None:
+    """Memory free on the first local device (host RAM on CPU); None where unknown."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache_fits(model, *, rows: int, prompt_length: int, max_new_tokens: int) -> None:
+    """ValueError naming max_new_tokens when the decoding cache would take more than half the
+    free memory (the rest is for the weights, the activations and the loop's buffers)."""
+    free = free_memory_bytes()
+    prompt = prompt_length if model.continues_prompt else 0  # decoder-only caches the prompt
+    need = cache_bytes(model.config, rows=rows, length=prompt + max_new_tokens)
+    if free is None or need <= free // 2:
+        return
+    fits = free // 2 // cache_bytes(model.config, rows=rows, length=1) - prompt
+    raise ValueError(
+        f"max_new_tokens={max_new_tokens} needs a {need / 2**30:.1f} GiB decoding cache "
+        f"({rows} sequences x {prompt + max_new_tokens} positions x "
+        f"{model.config.decoder_layers} layers), more than half the {free / 2**30:.1f} GiB free "
+        f"on {jax.local_devices()[0].platform}; at most about {max(fits, 0):,} new tokens fit"
+    )
+
+
 def _pad_to_bucket(input_ids, attention_mask, pad_id):
     length = input_ids.shape[1]
     extra = bucket_length(length) - length
@@ -439,6 +476,12 @@ def generate(
         empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
         raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
     input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
+    check_cache_fits(
+        model,
+        rows=input_ids.shape[0] * num_beams,
+        prompt_length=input_ids.shape[1],
+        max_new_tokens=max_new_tokens,
+    )
     logits, cache = _jitted(_prompt_pass, _PREFILL_STATIC)(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )

@@ -41,22 +41,36 @@ def split_sentences(text: str) -> str:
     return "\n".join(s for s in _SENTENCE_BREAK.split(text.strip()) if s)
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F-measure x 100 of `predictions` against `references`."""
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[str | Sequence[str]]
+) -> list[dict[str, float]]:
+    """ROUGE-1/2/L/Lsum F-measure x 100 of each prediction against its reference, or against
+    several (the best-matching one per ROUGE type, as rouge-score's `score_multi` scores)."""
     if len(predictions) != len(references):
         raise ValueError(
             f"got {len(predictions)} predictions but {len(references)} references; they pair up"
         )
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    out = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        targets = [reference] if isinstance(reference, str) else list(reference)
+        # Line breaks only matter to rougeLsum; the other types tokenize them away.
+        scores = scorer.score_multi(
+            list(map(split_sentences, targets)), split_sentences(prediction)
+        )
+        out.append({name: 100.0 * scores[name].fmeasure for name in ROUGE_TYPES})
+    return out
+
+
+def rouge(
+    predictions: Sequence[str], references: Sequence[str | Sequence[str]]
+) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measure x 100 of `predictions` against `references` (a string,
+    or a list of strings scored as in `rouge_per_example`, per prediction)."""
     if not predictions:
         raise ValueError("rouge needs at least one prediction")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        # Line breaks only matter to rougeLsum; the other types tokenize them away.
-        scores = scorer.score(split_sentences(reference), split_sentences(prediction))
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: 100.0 * total / len(predictions) for name, total in totals.items()}
+    scores = rouge_per_example(predictions, references)
+    return {name: float(np.mean([x[name] for x in scores])) for name in ROUGE_TYPES}
 
 
 def evaluate(
@@ -78,13 +92,17 @@ def evaluate(
     length_penalty: float = 1.0,
     seed: int = 0,
     on_overflow: str = "truncate",
+    target_fields: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per k in `shots`: ROUGE of the k-shot predictions and how the prompts fared.
 
     Row keys: `shots`, `rouge1`, `rouge2`, `rougeL`, `rougeLsum` (F x 100, mean over the scored
     examples; None if every prompt was skipped), `mean_shots_fit`, `num_examples` (scored),
-    `num_truncated`, `num_skipped`, then the template and generation settings.
-    `pool` defaults to `records` (each query excluded from its own shots).
+    `num_truncated`, `num_skipped`, then the template and generation settings, and
+    `examples`: per scored record its `position`, `prediction`, `references` and ROUGE.
+    `pool` defaults to `records` (each query excluded from its own shots). `target_fields`
+    (default: the template's `target_field`) name the query records' references; several are
+    scored as multi-reference ROUGE. Shots always answer with the template's `target_field`.
     """
     template = prompts.get_template(template)
     records = list(records)
@@ -95,8 +113,16 @@ def evaluate(
         raise ValueError(f"shots must be non-negative shot counts, got {shots}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for record in records:  # fail early, naming the record, if it lacks a field (answer too)
-        template.render(record, with_answer=True)
+    target_fields = list(target_fields or [template.target_field])
+    for record in records:  # fail early, naming the record, if it lacks a field
+        template.render(record, with_answer=False)
+        for name in target_fields:
+            if record.get(name) is None:
+                have = sorted(k for k in record if not k.startswith("_"))
+                raise KeyError(
+                    f"record {record.get('_position', '?')} has no reference field {name!r} "
+                    f"(target fields {target_fields}); it has {have}"
+                )
     pool = records if pool is None else list(pool)
     draws = [
         prompts.select_shots(pool, max(shots), seed=seed * 1_000_003 + i, exclude=record)
@@ -114,8 +140,9 @@ def evaluate(
         "num_beams": num_beams,
         "length_penalty": length_penalty,
         "seed": seed,
+        "target_fields": target_fields,
     }
-    generation = {k: settings[k] for k in decoding.FLAGS}
+    generation = {k: v for k, v in settings.items() if k in decoding.FLAGS}
 
     rows = []
     for k in shots:
@@ -144,12 +171,19 @@ def evaluate(
                 **generation,
             )
             predictions = [c.text for c in done]
-            references = [str(r[template.target_field]) for _, r in kept]
-            row |= rouge(predictions, references)
+            references = [[str(r[f]) for f in target_fields] for _, r in kept]
+            scores = rouge_per_example(predictions, references)
+            row |= {n: float(np.mean([x[n] for x in scores])) for n in ROUGE_TYPES}
             row["mean_shots_fit"] = float(np.mean([p.num_shots_used for p, _ in kept]))
+            row["examples"] = [
+                {"position": r.get("_position"), "prediction": text, "references": refs, **score}
+                for (_, r), text, refs, score in zip(
+                    kept, predictions, references, scores, strict=True
+                )
+            ]
         else:
             log.warning("%d-shot: every prompt was skipped (over max_length=%d)", k, max_length)
-            row |= dict.fromkeys(ROUGE_TYPES) | {"mean_shots_fit": None}
+            row |= dict.fromkeys(ROUGE_TYPES) | {"mean_shots_fit": None, "examples": []}
         row["num_examples"] = len(kept)
         row["num_truncated"] = sum(p.truncated for p in built)
         row["num_skipped"] = sum(p.skipped for p in built)
@@ -169,21 +203,41 @@ def parse_shots(text: str) -> list[int]:
 
 
 def load_records(
-    data: str, *, split: str = "test", num_examples: int | None = None
+    data: str,
+    *,
+    split: str = "test",
+    num_examples: int | None = None,
+    shots_from: str | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(records to evaluate, pool to draw shots from) for `data`.
 
-    `data="embedded"`: the first `num_examples` of the corpus split, shots from its train split.
-    Otherwise a JSONL file (or a directory holding `{split}.jsonl`, as `t5x_lite.data` reads):
-    its first `num_examples` records, shots from all of its records.
+    `data="embedded"`: the first `num_examples` of the corpus split. Otherwise a file (any
+    format `t5x_lite.data` reads), a directory of `{split}.jsonl` files or a path with
+    `{split}`: its first `num_examples` records of `split`. Shots come from `shots_from` (a
+    file) if given, else the training split (`train`); a single file has none, so its own
+    records are the pool (each query excluded from its shots), with a warning.
     """
     if num_examples is not None and num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    if data == "embedded":
-        records = data_lib.read_records(data_lib.DataSpec(source="embedded", split=split))
-        pool = data_lib.read_records(data_lib.DataSpec(source="embedded", split="train"))
+
+    def read(path: str, split: str) -> list[dict]:
+        source = "embedded" if path == "embedded" else "jsonl"
+        spec = data_lib.DataSpec(
+            source=source, path="" if source == "embedded" else path, split=split
+        )
+        return data_lib.read_records(spec)
+
+    records = read(data, split)
+    if shots_from:
+        pool = data_lib.read_file(shots_from)
+    elif data == "embedded" or not data_lib.is_single_file(data):
+        pool = read(data, "train")
     else:
-        records = data_lib.read_records(data_lib.DataSpec(source="jsonl", path=data, split=split))
+        log.warning(
+            "shots come from %s itself (each query excluded): it is one file, with no training "
+            "split; pass --shots-from TRAIN_FILE to draw them from training data",
+            data,
+        )
         pool = records
     return records[:num_examples], pool
 
@@ -225,12 +279,20 @@ def describe_settings(row: Mapping[str, Any]) -> str:
 
 
 def write_results(rows: Sequence[Mapping[str, Any]], out_dir) -> tuple[Path, Path]:
-    """Write `icl.md` (settings line + table) and `icl.jsonl` (one row per k) to `out_dir`."""
+    """Write `icl.md` (settings line + table), `icl.jsonl` (one row per k) and
+    `predictions.jsonl` (one line per k and example) to `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "icl.md"
     header = f"In-context learning ({describe_settings(rows[0])})\n\n" if rows else ""
     markdown.write_text(header + format_table(rows) + "\n", encoding="utf-8")
     jsonl = out_dir / "icl.jsonl"
-    jsonl.write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
+    summary = [{k: v for k, v in row.items() if k != "examples"} for row in rows]
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in summary), encoding="utf-8")
+    lines = [
+        json.dumps({"shots": row["shots"], **example}, ensure_ascii=False) + "\n"
+        for row in rows
+        for example in row.get("examples", [])
+    ]
+    (out_dir / "predictions.jsonl").write_text("".join(lines), encoding="utf-8")
     return markdown, jsonl

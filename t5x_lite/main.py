@@ -6,7 +6,7 @@ t5x-lite convert --from WORKDIR --to-hf HF_DIR       # workdir or native -> HF d
 t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
 t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped tokenizer
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
-t5x-lite icl [--model DIR] [--data embedded|FILE.jsonl] [--shots 0,1,2] [--out DIR]  # ROUGE
+t5x-lite icl [--model DIR] [--data embedded|FILE] [--shots 0,1,2] [--out DIR]  # ROUGE
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger("t5x_lite.main")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,12 +122,30 @@ def _parser() -> argparse.ArgumentParser:
     icl.add_argument(
         "--data",
         default="embedded",
-        help="embedded (the built-in corpus) or a .jsonl file with dialogue and summary fields",
+        help="embedded (the built-in corpus), a file (.jsonl .json .csv .parquet), a directory "
+        "of {split}.jsonl files, or a path with {split}",
     )
-    icl.add_argument("--split", default="test", help="embedded split to evaluate (default test)")
+    icl.add_argument("--split", default="test", help="split to evaluate (default test)")
+    icl.add_argument(
+        "--target-field",
+        default=None,
+        help="the reference field, or several comma-separated (summary1,summary2,summary3: "
+        "multi-reference ROUGE); default: the template's (summary)",
+    )
+    icl.add_argument(
+        "--shots-from",
+        default=None,
+        help="a file to draw shots from (default: the training split; a single --data file "
+        "has none and lends its own records)",
+    )
     icl.add_argument("--num-examples", type=int, default=32, help="first N records (default 32)")
     icl.add_argument("--shots", default="0,1,2", help="comma-separated shot counts (default 0,1,2)")
-    icl.add_argument("--template", default="summarize", help="prompt template (t5x_lite.prompts)")
+    icl.add_argument(
+        "--template",
+        default="summarize",
+        help="a template name (summarize, summarize_short, bare, ...) or a format string with "
+        "{field} placeholders, e.g. 'Dialogue: {dialogue} Summary:'",
+    )
     icl.add_argument("--max-length", type=int, default=512, help="prompt window in tokens")
     _add_decoding_flags(icl)
     icl.add_argument(
@@ -134,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=("truncate", "error", "skip"),
         help="a query longer than the window on its own: cut it, fail, or skip it",
     )
-    icl.add_argument("--out", default="runs/icl", help="writes icl.md and icl.jsonl here")
+    icl.add_argument(
+        "--out", default="runs/icl", help="writes icl.md, icl.jsonl and predictions.jsonl here"
+    )
     return parser
 
 
@@ -266,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         decoding.check_flags(**_decoding_kwargs(args))  # before the model is loaded
         texts = _read_prompts(args)
         model, tok = _load_model(args)
+        if args.max_new_tokens > tok.model_max_length:
+            log.warning(
+                "--max-new-tokens %d is more than the tokenizer's model_max_length, %d, the "
+                "longest sequence the model is meant for: generating at most %d",
+                args.max_new_tokens,
+                tok.model_max_length,
+                tok.model_max_length,
+            )
+            args.max_new_tokens = tok.model_max_length
         ids, _ = completion.encode_prompts(
             model,
             tok,
@@ -289,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         shots = icl.parse_shots(args.shots)
         model, tok = _load_model(args)
         records, pool = icl.load_records(
-            args.data, split=args.split, num_examples=args.num_examples
+            args.data,
+            split=args.split,
+            num_examples=args.num_examples,
+            shots_from=args.shots_from,
         )
         rows = icl.evaluate(
             model,
@@ -302,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             on_overflow=args.on_overflow,
+            target_fields=args.target_field.split(",") if args.target_field else None,
             **_decoding_kwargs(args),
         )
         markdown, jsonl = icl.write_results(rows, args.out)

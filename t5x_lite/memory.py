@@ -140,6 +140,8 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         "xla_flops_per_step": float(cost.get("flops", 0.0)) * mesh.size,
         "inputs_length": lengths["inputs_length"],
         "targets_length": lengths.get("targets_length", 0),
+        "backend": mesh.devices.flat[0].platform,
+        "dtype": cfg.dtype,
     }
 
 
@@ -157,7 +159,7 @@ def format_report(r: dict) -> str:
         f"  activations (est.)     {gib(r['activation_bytes'])}",
         f"  total                  {gib(r['analytic_total_bytes'])}",
         "",
-        "per device                 XLA (compiled train step)",
+        f"per device                 XLA on {r['backend']} (compiled train step)",
         f"  arguments              {gib(r['xla_argument_bytes'])}",
         f"  temporaries            {gib(r['xla_temp_bytes'])}",
         f"  outputs not aliased    {gib(r['xla_output_bytes'] - r['xla_alias_bytes'])}",
@@ -166,4 +168,9 @@ def format_report(r: dict) -> str:
         f"FLOPs per step: analytic {r['analytic_flops_per_step']:.4g}, "
         f"XLA {r['xla_flops_per_step']:.4g}",
     ]
+    if r["backend"] == "cpu" and r["dtype"] != "float32":
+        lines.append(
+            f"note: XLA:CPU computes {r['dtype']} products in float32 and keeps {r['dtype']} "
+            "copies beside them, so its temporaries here overstate what a GPU or TPU needs"
+        )
     return "\n".join(lines)

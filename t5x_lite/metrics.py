@@ -12,6 +12,7 @@ file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def scalar(value) -> int | float | bool:
     """A 0-d array or number as a JSON-ready Python scalar."""
     value = np.asarray(value)
     return value.item() if value.dtype.kind in "iub" else float(value)
+
+
+log = logging.getLogger(__name__)
+
+CONSOLE_LOSSES = ("loss", "eval_loss")  # shown at every logged step
+CONSOLE_COUNTS = ("truncated_examples", "skipped_records")  # shown when not zero
 
 
 class MetricsWriter:
@@ -67,10 +74,20 @@ class MetricsWriter:
             self.progress.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
 
     def write(self, step: int, metrics: dict) -> dict:
-        """Append `{"step": step, **metrics}` to metrics.jsonl and TensorBoard; returns it."""
+        """Append `{"step": step, **metrics}` to metrics.jsonl and TensorBoard, and show the
+        losses and any truncated or skipped records on the console (above the progress bar
+        if there is one, else in the log); returns it."""
         record = {"step": step, **{k: scalar(v) for k, v in metrics.items()}}
         if not self.enabled:
             return record
+        shown = [f"{k} {record[k]:.4f}" for k in CONSOLE_LOSSES if k in record]
+        shown += [f"{k} {record[k]:,.0f}" for k in CONSOLE_COUNTS if record.get(k)]
+        if shown:
+            line = f"step {step}: " + ", ".join(shown)
+            if self.progress is not None:
+                self.progress.write(line)
+            else:
+                log.info(line)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in record.items():

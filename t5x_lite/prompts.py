@@ -80,6 +80,8 @@ TEMPLATES = {
             "{dialogue}\n\nBriefly summarize that dialogue.",
             "\n{summary}",
         ),
+        # The input as it is: for a model fine-tuned on raw inputs (seq2seq without a prompt).
+        Template("bare", "{dialogue}", " {summary}"),
         Template(
             "sentiment",
             "Classify this review: {text}\nSentiment:",
@@ -93,12 +95,22 @@ TEMPLATES = {
 
 
 def get_template(template: str | Template) -> Template:
-    """A `Template` by name from `TEMPLATES` (a `Template` passes through)."""
+    """A `Template` by name from `TEMPLATES`, or from a format string such as
+    "Dialogue: {dialogue}\nSummary:" (its first field is the one cut to fit; shots answer with
+    " {summary}"). A `Template` passes through."""
     if isinstance(template, Template):
         return template
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
-    return TEMPLATES[template]
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    fields = (
+        [f for _, f, _, _ in string.Formatter().parse(template) if f] if "{" in template else []
+    )
+    if not fields:
+        raise ValueError(
+            f"unknown template {template!r}: give a name ({', '.join(TEMPLATES)}) or a format "
+            "string with {field} placeholders"
+        )
+    return Template(template, template, " {summary}", truncate_field=fields[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +164,8 @@ def build_prompt(
             raise ValueError(
                 f"the prompt for record {_describe(query_record)} is {len(ids)} tokens with no "
                 f"shots, but the window is {budget} (max_length={max_length}, "
-                f"max_new_tokens={max_new_tokens}); raise max_length or use on_overflow=truncate"
+                f"max_new_tokens={max_new_tokens}); raise max_length (--max-length) or truncate "
+                "(on_overflow=truncate, --on-overflow truncate)"
             )
         if on_overflow == "skip":
             return Prompt("", [], len(shots), 0, truncated=False, skipped=True)

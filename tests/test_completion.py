@@ -83,3 +83,14 @@ def test_generate_command_checks_flags_before_loading(tmp_path):
         main.main(["generate", "--model", missing, "--prompt", "hi", "--top-p", "0"])
     with pytest.raises(ValueError, match="num_beams must be >= 1"):
         main.main(["generate", "--model", missing, "--prompt", "hi", "--num-beams", "0"])
+
+
+def test_generate_caps_max_new_tokens_at_the_models_length(tiny_t5, tmp_path, capsys, caplog):
+    ckpt = checkpoint.save_model(tmp_path / "ckpt", tiny_t5)
+    flags = ["generate", "--model", str(ckpt), "--prompt", "Hello", "--jsonl"]
+    with caplog.at_level(logging.WARNING, logger="t5x_lite.main"):
+        assert main.main([*flags, "--max-new-tokens", "1000000"]) == 0
+    assert "--max-new-tokens 1000000 is more than the tokenizer's model_max_length, 512" in (
+        caplog.text
+    )
+    assert json.loads(capsys.readouterr().out)["num_tokens"] <= 512

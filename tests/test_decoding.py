@@ -533,3 +533,20 @@ def test_beam_scores_match_a_python_loop(tokens, seed, length_penalty):
         want.append(sum(float(x) for x in lps) / length**length_penalty)
     got = decoding.beam_scores(tokens, logprobs, length_penalty=length_penalty)
     chex.assert_trees_all_close(np.asarray(got, np.float64), np.array(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["encoder_decoder", "decoder_only"])
+def test_a_cache_too_large_for_memory_is_an_error_naming_max_new_tokens(architecture, monkeypatch):
+    cfg = config.get_preset("t5-tiny", architecture=architecture, dtype="bfloat16")
+    model = models.build(cfg)
+    # The formula against the arrays the model allocates for a cache.
+    cache = model.init_cache(3, 40)
+    allocated = sum(x.nbytes for layer in cache.layers for x in (layer.k, layer.v))
+    assert decoding.cache_bytes(cfg, rows=3, length=40) == allocated
+    prompt = np.full((2, 8), 5)  # two rows, 16 positions once bucketed
+    prompt_cached = 16 if architecture == "decoder_only" else 0
+    free = 2 * decoding.cache_bytes(cfg, rows=2, length=prompt_cached + 50)
+    monkeypatch.setattr(decoding, "free_memory_bytes", lambda: free)
+    decoding.generate(model, prompt, max_new_tokens=50)  # fits in half the free memory
+    with pytest.raises(ValueError, match=r"max_new_tokens=51 needs .* at most about 50 new"):
+        decoding.generate(model, prompt, max_new_tokens=51)

@@ -12,7 +12,7 @@ ROW_KEYS = {
     "shots", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_shots_fit", "num_examples",
     "num_truncated", "num_skipped", "template", "max_length", "max_new_tokens", "min_new_tokens",
     "temperature",
-    "top_k", "top_p", "num_beams", "length_penalty", "seed",
+    "top_k", "top_p", "num_beams", "length_penalty", "seed", "target_fields", "examples",
 }  # fmt: skip
 ECHO = prompts.Template("echo", "{summary}", "", truncate_field="summary")
 
@@ -153,7 +153,7 @@ def test_evaluate_tiny_t5(tok, tiny_t5):
 
 def test_evaluate_rejects_missing_target(tok, tiny_t5):
     record = {"dialogue": "#Person1#: Hi.", "_position": "d.jsonl:1"}
-    with pytest.raises(KeyError, match="'summary'.*d.jsonl:1"):
+    with pytest.raises(KeyError, match="d.jsonl:1 has no reference field 'summary'"):
         icl.evaluate(tiny_t5, tok, [record], shots=[0], pool=corpus.splits()["train"][:2])
 
 
@@ -186,3 +186,60 @@ def test_cli_writes_table(tmp_path, tiny_t5, capsys):
     assert "| shots | ROUGE-1 |" in printed and str(out / "icl.md") in printed
     with pytest.raises(FileNotFoundError, match="t5x-lite train"):
         main.main(["icl", "--model", str(tmp_path / "missing")])
+
+
+def test_several_references_score_the_best_match_per_type():
+    """Multi-reference ROUGE is, per type, the best of the single-reference scores (what
+    rouge-score's `score_multi` computes), here against rouge-score's single `score`."""
+    scorer = rouge_scorer.RougeScorer(list(icl.ROUGE_TYPES), use_stemmer=True)
+    prediction = "The cat sat on the mat. The dog ran."
+    references = ["A cat sat on a mat.", "The dog ran away. A cat sat.", "Nothing alike"]
+    got = icl.rouge_per_example([prediction], [references])[0]
+    for name in icl.ROUGE_TYPES:
+        best = max(
+            scorer.score(icl.split_sentences(r), icl.split_sentences(prediction))[name].fmeasure
+            for r in references
+        )
+        np.testing.assert_allclose(got[name], 100 * best, rtol=1e-12, err_msg=name)
+    assert icl.rouge([prediction], [references]) == got
+
+
+def test_templates_by_name_or_format_string():
+    bare = prompts.get_template("bare")
+    assert bare.render({"dialogue": "Hi", "summary": "S"}, with_answer=True) == "Hi S"
+    custom = prompts.get_template("Dialogue: {dialogue}\nSummary:")
+    assert custom.render({"dialogue": "Hi"}, with_answer=False) == "Dialogue: Hi\nSummary:"
+    assert custom.truncate_field == "dialogue"
+    with pytest.raises(ValueError, match="a name .* or a format string with {field}"):
+        prompts.get_template("sumarize")
+
+
+def test_cli_multi_reference_shots_from_training_and_predictions(tmp_path, tiny_t5, caplog):
+    ckpt = checkpoint.save_model(tmp_path / "ckpt", tiny_t5)
+    train = [{k: r[k] for k in ("dialogue", "summary")} for r in corpus.splits()["train"][:20]]
+    test = [
+        {"dialogue": r["dialogue"], **{f"summary{i}": f"{r['summary']} ({i})" for i in (1, 2, 3)}}
+        for r in corpus.splits()["test"][:3]
+    ]
+    for name, rows in (("train", train), ("test", test)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "icl"
+    argv = ["icl", "--model", str(ckpt), "--data", str(tmp_path / "test.jsonl"), "--shots", "0,1"]
+    argv += ["--target-field", "summary1,summary2,summary3", "--template", "{dialogue} Summary:"]
+    argv += ["--shots-from", str(tmp_path / "train.jsonl"), "--max-new-tokens", "4"]
+    assert main.main([*argv, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["shots"], r["position"]) for r in rows] == [
+        (k, f"{tmp_path / 'test.jsonl'}:{i + 1}") for k in (0, 1) for i in range(3)
+    ]
+    assert rows[0]["references"] == [test[0][f"summary{i}"] for i in (1, 2, 3)]
+    for row in rows:
+        want = icl.rouge_per_example([row["prediction"]], [row["references"]])[0]
+        assert {k: row[k] for k in icl.ROUGE_TYPES} == want
+    summary = [json.loads(line) for line in (out / "icl.jsonl").read_text().splitlines()]
+    assert "examples" not in summary[0] and summary[0]["target_fields"][0] == "summary1"
+
+    # One file and no --shots-from: its own records lend the shots, and the log says so.
+    with caplog.at_level("WARNING", logger="t5x_lite.icl"):
+        records, pool = icl.load_records(str(tmp_path / "train.jsonl"), split="test")
+    assert pool == records and "pass --shots-from TRAIN_FILE" in caplog.text

@@ -3,6 +3,7 @@ step numbers a plain Python loop picks), SIGTERM (save at the current step, then
 non-finite guard (raises, naming the last checkpoint, without saving the bad state)."""
 
 import json
+import logging
 import os
 import signal
 
@@ -101,3 +102,17 @@ def test_resumed_writer_drops_lines_past_the_restored_step(tmp_path):
     with metrics.MetricsWriter(tmp_path, resume_step=2) as w:
         w.write(3, {"loss": 30})
     assert [(r["step"], r["loss"]) for r in _logged(tmp_path)] == [(1, 1), (2, 2), (3, 30)]
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_console_shows_losses_and_truncation_with_or_without_the_bar(
+    tmp_path, progress_bar, caplog, capsys
+):
+    with caplog.at_level(logging.INFO, logger="t5x_lite.metrics"):
+        with metrics.MetricsWriter(tmp_path, total_steps=4, progress_bar=progress_bar) as w:
+            w.write(2, {"loss": 1.5, "truncated_examples": 0, "learning_rate": 0.1})
+            w.write(4, {"loss": 1.25, "eval_loss": 2.0, "truncated_examples": 3})
+    captured = capsys.readouterr()
+    shown = caplog.text + captured.err + captured.out
+    assert "step 2: loss 1.5000" in shown and "truncated" not in shown.split("step 4")[0]
+    assert "step 4: loss 1.2500, eval_loss 2.0000, truncated_examples 3" in shown

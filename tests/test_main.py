@@ -84,7 +84,10 @@ def workdir(root):
 
 def test_memory_command():
     out = t5x_lite(
-        "memory", "--config.objective.inputs_length=32", "--config.train.batch_size=8"
+        "memory",
+        "--config.objective.inputs_length=32",
+        "--config.train.batch_size=8",
+        "--config.model.dtype=bfloat16",
     ).stdout
     hf_config = transformers.T5Config(
         vocab_size=1024,
@@ -104,7 +107,8 @@ def test_memory_command():
     # transformers 5 ties T5's head; ours carries its own: one more V x D matrix.
     assert first.startswith(f"t5-tiny: {tied + 1024 * 64:,} parameters ({tied:,} with the LM head")
     assert "(1 devices); inputs 32," in first
-    assert "XLA (compiled train step)" in out
+    assert "XLA on cpu (compiled train step)" in out
+    assert "note: XLA:CPU computes bfloat16 products in float32" in out
     xla_total = [line for line in out.splitlines() if line.strip().startswith("total")][-1]
     assert float(xla_total.split()[1]) > 0
     assert "FLOPs per step: analytic" in out
