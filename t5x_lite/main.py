@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -189,6 +190,20 @@ def _decoding_kwargs(args) -> dict:
     return {name: getattr(args, name) for name in decoding.FLAGS}
 
 
+def _check_decoding_flags(args) -> None:
+    """`decoding.check_flags` before the model is loaded, its errors in flag names
+    (`--max-new-tokens`, not `max_new_tokens`)."""
+    from t5x_lite import decoding
+
+    try:
+        decoding.check_flags(**_decoding_kwargs(args))
+    except ValueError as e:
+        message = str(e)
+        for name in decoding.FLAGS:
+            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+        raise ValueError(message) from None
+
+
 def _load_model(args):
     from t5x_lite import conversion
 
@@ -283,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{tok.num_sentinels} sentinels)"
         )
     elif args.command == "generate":
-        from t5x_lite import completion, decoding
+        from t5x_lite import completion
 
-        decoding.check_flags(**_decoding_kwargs(args))  # before the model is loaded
+        _check_decoding_flags(args)
         texts = _read_prompts(args)
         model, tok = _load_model(args)
         if args.max_new_tokens > tok.model_max_length:
@@ -318,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         from t5x_lite import icl
 
         shots = icl.parse_shots(args.shots)
+        _check_decoding_flags(args)
         model, tok = _load_model(args)
         records, pool = icl.load_records(
             args.data,

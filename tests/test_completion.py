@@ -79,10 +79,13 @@ def test_generate_command(tok, tiny_t5, tmp_path, capsys, monkeypatch):
 
 def test_generate_command_checks_flags_before_loading(tmp_path):
     missing = str(tmp_path / "no-model")  # the flag error comes first, not "no model at"
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"--top-p must be in \(0, 1\]"):
         main.main(["generate", "--model", missing, "--prompt", "hi", "--top-p", "0"])
-    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+    with pytest.raises(ValueError, match="--num-beams must be >= 1"):
         main.main(["generate", "--model", missing, "--prompt", "hi", "--num-beams", "0"])
+    argv = ["icl", "--model", missing, "--max-new-tokens", "5", "--min-new-tokens", "9"]
+    with pytest.raises(ValueError, match=r"--min-new-tokens must be in \[0, --max-new-tokens=5\]"):
+        main.main(argv)
 
 
 def test_generate_caps_max_new_tokens_at_the_models_length(tiny_t5, tmp_path, capsys, caplog):
