@@ -92,18 +92,17 @@ def load_model_config(
     return config_lib.ModelConfig.from_dict(restored[MODEL_CONFIG])
 
 
-def restore_params(
-    directory: str | os.PathLike, abstract_model: models.Model, *, step: int | None = None
-) -> dict:
-    """Parameters of `step` (default: latest) shaped and sharded like `abstract_model`'s; where
-    it has no sharding, on this process's first device, whatever devices the saver had."""
+def restore_params(directory: str | os.PathLike, target: dict, *, step: int | None = None) -> dict:
+    """Parameters of `step` (default: latest) read straight into `target`'s layout: a pure dict
+    like `params_of`'s whose leaves give shape, dtype and (optionally) sharding; a leaf without
+    a sharding lands on this process's first device, whatever devices the saver had."""
     step = latest_step(directory) if step is None else step
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device
         ),
-        params_of(abstract_model),
+        target,
     )
     with manager(directory) as mngr:
         restored = mngr.restore(
@@ -122,7 +121,8 @@ def load_model(
     cfg = load_model_config(directory, step=step).replace(**config_overrides)
     graphdef, state, rest = models.build_abstract(cfg)
     with jax.ensure_compile_time_eval():  # real arrays even when traced (nnx.eval_shape)
-        params = restore_params(directory, nnx.merge(graphdef, state, rest), step=step)
+        target = params_of(nnx.merge(graphdef, state, rest))
+        params = restore_params(directory, target, step=step)
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state, rest)
     model.eval()

@@ -29,7 +29,7 @@ from flax import nnx
 
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
-from t5x_lite import checkpoint, conversion, data, flops, loop, models, optim, run_config, steps
+from t5x_lite import checkpoint, conversion, data, flops, hf, loop, models, optim, run_config, steps
 from t5x_lite import config as config_lib
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import tokenizer as tokenizer_lib
@@ -243,14 +243,18 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
 def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
     """The (model, optimizer) state laid out over the mesh, computed shard by shard on the
     devices; with `model.init_from`, its parameters then replaced by the source's, read
-    outside any trace and placed in the same shardings."""
+    outside any trace into the same shardings."""
     state = jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
     if config.model.init_from:
-        runtime = {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
-        source = conversion.load_model(config.model.init_from, flag="model.init_from", **runtime)
         params = nnx.filter_state(state[0], nnx.Param)
-        placed = jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(params))
-        loaded = jax.device_put(nnx.to_pure_dict(nnx.state(source, nnx.Param)), placed)
+        target = nnx.to_pure_dict(params)  # the sharded arrays: shapes, dtypes, shardings
+        kind, where = conversion.locate(config.model.init_from, flag="model.init_from")
+        if kind == "native":  # Orbax reads each shard where it belongs
+            loaded = checkpoint.restore_params(where, target)
+        else:  # safetensors are read whole on the host, then laid out
+            runtime = {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
+            source = nnx.to_pure_dict(nnx.state(hf.from_pretrained(where, **runtime), nnx.Param))
+            loaded = jax.device_put(source, jax.tree.map(lambda x: x.sharding, target))
         nnx.replace_by_pure_dict(params, loaded)
         nnx.update(state[0], params)
     return state

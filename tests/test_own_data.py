@@ -9,13 +9,16 @@ import os
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 import torch
 import transformers
-from test_train import logged, run_inprocess
+from flax import nnx
+from test_train import logged, run_inprocess, tiny_overrides
 
-from t5x_lite import corpus, main, tokenizer
+import objectives
+from t5x_lite import checkpoint, corpus, main, tokenizer, train
 
 
 def _corpus(n: int) -> list[dict]:
@@ -65,6 +68,13 @@ def test_own_corpus_to_hugging_face_and_back(tmp_path, monkeypatch, caplog):
         "train.eval_every": 3,
         "checkpoint.every": 3,
     }
+    # The state fine-tuning starts from holds the pre-trained weights, read into its shardings.
+    config = objectives.load_config(None, tiny_overrides(**data, **finetune))
+    program = train.make_program(config, objectives.get("seq2seq"), vocab_size=tok.vocab_size)
+    start, _ = nnx.merge(program.graphdef, train.init_state(program, config))
+    chex.assert_trees_all_equal(
+        checkpoint.params_of(start), checkpoint.params_of(checkpoint.load_model("pt/checkpoints"))
+    )
     run_inprocess("ft", **data, **finetune)
     assert [r["step"] for r in logged("ft") if "eval_loss" in r] == [3, 6]
     assert tokenizer.load("ft/tokenizer").checksum == tok.checksum
