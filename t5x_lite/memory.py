@@ -118,7 +118,12 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
     )
     per_example = flops.train_flops_per_example(cfg, **lengths)
     return {
-        "preset": config.model.preset,
+        "preset": config.model.preset
+        + "".join(
+            f" {k}={v}"
+            for k, v in train.model_overrides(config).items()
+            if k not in train.RUNTIME_FIELDS
+        ),
         "mesh": dict(mesh.shape),
         "devices": mesh.size,
         "parameters": count,
