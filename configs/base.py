@@ -89,6 +89,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # recipe leaves out takes the default there).
     c.objective = objective("span_corruption", inputs_length=128)
 
+    # LoRA (t5x_lite/lora.py): rank 0 trains every parameter; rank > 0 freezes the model and
+    # trains adapters on the weights whose paths `targets` matches (scale alpha / rank, or
+    # alpha / sqrt(rank) with rslora). The adapters alone are saved to workdir/adapter at the end.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    c.lora.targets = r".*/(q|v)"  # q and v of every attention; e.g. r".*/(q|k|v|o|wi.*|wo)"
+    c.lora.rslora = False
+
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | adafactor
     c.optim.learning_rate = 3e-3

@@ -21,11 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes
 
 from t5x_lite import xla_cpu
 from t5x_lite.cache import KVCache
-from t5x_lite.layers import normal, param
+from t5x_lite.layers import LoRA, normal, param, product
 
 # Large finite negative: a fully masked row stays finite (uniform) instead of NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -97,6 +96,14 @@ class MultiHeadAttention(nnx.Module):
     else None.
     """
 
+    # (B, T, D) -> (B, N, T, H) for q, k, v; (B, N, T, H) -> (B, T, D) for o
+    ADAPTABLE = {
+        "q": "BTD,DNH->BNTH",
+        "k": "BTD,DNH->BNTH",
+        "v": "BTD,DNH->BNTH",
+        "o": "BNTH,NHD->BTD",
+    }
+
     def __init__(
         self,
         d_model: int,
@@ -123,14 +130,14 @@ class MultiHeadAttention(nnx.Module):
         )
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.dtype = dtype
-
-    def _project(self, x: jax.Array, kernel: nnx.Param) -> jax.Array:  # (B, T, D) -> (B, N, T, H)
-        x, w = dtypes.promote_dtype((x, kernel[...]), dtype=self.dtype)
-        return jnp.einsum("BTD,DNH->BNTH", x, w)
+        self.q_lora: LoRA | None = nnx.data(None)
+        self.k_lora: LoRA | None = nnx.data(None)
+        self.v_lora: LoRA | None = nnx.data(None)
+        self.o_lora: LoRA | None = nnx.data(None)
 
     def project_kv(self, x: jax.Array) -> KVCache:
         """(B, S, D) -> its keys and values, each (B, N, S, H) (a cross-attention cache)."""
-        return KVCache(self._project(x, self.k), self._project(x, self.v))
+        return KVCache(product(self, "k", x), product(self, "v", x))
 
     def __call__(
         self,
@@ -143,11 +150,10 @@ class MultiHeadAttention(nnx.Module):
         cache_index: jax.Array | None = None,
         kv: KVCache | None = None,  # cross-attention keys/values projected already
     ) -> tuple[jax.Array, KVCache | None]:
-        q = self._project(x, self.q)
+        q = product(self, "q", x)
         if kv is None:
             kv = self.project_kv(x if kv_input is None else kv_input)
         if cache is not None:  # decoding: attend over everything cached so far
             cache = kv = cache.update(kv.k, kv.v, cache_index)
         h = dot_product_attention(q, kv.k, kv.v, bias=bias, mask=mask, dropout=self.dropout)
-        h, o = dtypes.promote_dtype((h, self.o[...]), dtype=self.dtype)
-        return jnp.einsum("BNTH,NHD->BTD", h, o), cache
+        return product(self, "o", h), cache

@@ -8,11 +8,16 @@ accelerators), with normalisation statistics in float32 as T5 does. Every weight
 `jnp.einsum` on operands cast by Flax's `promote_dtype`, as `nnx.Linear` does it, so a library
 that intercepts those calls (qwix's LoRA and int8 quantization) sees every product.
 
+A module lists the weights a LoRA adapter may attach to in `ADAPTABLE` (weight name -> the
+einsum that applies it); `product` runs that einsum and adds the adapter's low-rank update
+when `t5x_lite.lora.apply` has put one at `<weight>_lora`.
+
 Shapes: B batch, T length, D d_model, F d_ff, V vocab.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -44,6 +49,85 @@ def param(
 
 def normal(stddev: float) -> Initializer:
     return jax.nn.initializers.normal(stddev=stddev)
+
+
+def product(module: nnx.Module, name: str, x: jax.Array) -> jax.Array:
+    """`x` times the module's weight `name` by its einsum in `module.ADAPTABLE`, in the compute
+    dtype, plus the LoRA update of the adapter at `<name>_lora` if there is one (unmerged)."""
+    x, w = dtypes.promote_dtype((x, getattr(module, name)[...]), dtype=module.dtype)
+    y = jnp.einsum(module.ADAPTABLE[name], x, w)
+    adapter = getattr(module, f"{name}_lora")
+    return y if adapter is None or adapter.merged else y + adapter(x)
+
+
+def input_ndim(spec: str) -> int:
+    """How many leading dimensions of the weight in einsum `spec` contract with the input."""
+    lhs, rest = spec.split(",")
+    rhs = rest.split("->")[0]
+    n_in = sum(c in lhs for c in rhs)
+    if any(c not in lhs for c in rhs[:n_in]):
+        raise ValueError(f"{spec}: the weight's input dimensions must come first")
+    return n_in
+
+
+class LoRA(nnx.Module):
+    """The low-rank update of one weight W: `x -> scale * dropout(x) A B` (Hu et al., 2021).
+
+    `spec` is W's einsum (e.g. "BTD,DNH->BNTH"); W's dimensions are its input dimensions (the
+    ones x contracts with) then its output dimensions. A has the input dimensions and the rank,
+    initialised as PEFT does (Kaiming-uniform, bound 1/sqrt(fan_in)); B the rank and the
+    output dimensions, zero, so a new adapter leaves the model's outputs unchanged. A and B
+    carry W's logical axis names (None for the rank), so they shard by the same rules. Dropout
+    acts in train mode only. `merged`: the update has been added to W (see `lora.merge`).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        weight: nnx.Param,
+        *,
+        rank: int,
+        scale: float,
+        dropout_rate: float,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        lhs, rest = spec.split(",")
+        rhs, out = rest.split("->")
+        n_in = input_ndim(spec)
+        r = next(c for c in "rRzZ" if c not in spec)
+        self.spec_a = f"{lhs},{rhs[:n_in]}{r}->" + "".join(c for c in lhs if c not in rhs) + r
+        self.spec_b = "".join(c for c in lhs if c not in rhs) + f"{r},{r}{rhs[n_in:]}->{out}"
+        shape, names = weight.shape, weight.get_metadata()["out_sharding"]
+        bound = math.prod(shape[:n_in]) ** -0.5
+        init_a = jax.nn.initializers.uniform(2 * bound)
+        self.a = nnx.LoRAParam(
+            init_a(rngs.params(), (*shape[:n_in], rank), weight.dtype) - bound,
+            out_sharding=(*names[:n_in], None),
+            eager_sharding=False,
+        )
+        self.b = nnx.LoRAParam(
+            jnp.zeros((rank, *shape[n_in:]), weight.dtype),
+            out_sharding=(None, *names[n_in:]),
+            eager_sharding=False,
+        )
+        self.scale = scale
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dtype = dtype
+        self.merged = False
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, a, b = dtypes.promote_dtype(
+            (self.dropout(x), self.a[...], self.b[...]), dtype=self.dtype
+        )
+        return jnp.einsum(self.spec_b, jnp.einsum(self.spec_a, x, a), b) * self.scale
+
+    def delta(self) -> jax.Array:
+        """scale * A B in W's shape (float32): what `merge` adds to W."""
+        a, b = self.a[...].astype(jnp.float32), self.b[...].astype(jnp.float32)
+        rank = a.shape[-1]
+        w = a.reshape(-1, rank) @ b.reshape(rank, -1) * self.scale
+        return w.reshape(*a.shape[:-1], *b.shape[1:])
 
 
 class RMSNorm(nnx.Module):
@@ -82,6 +166,8 @@ class Embed(nnx.Module):
 class Dense(nnx.Module):
     """A bias-free projection (in_dim -> out_dim) with logical axis names; T5 has no biases."""
 
+    ADAPTABLE = {"kernel": "...k,kn->...n"}
+
     def __init__(
         self,
         in_dim: int,
@@ -101,12 +187,13 @@ class Dense(nnx.Module):
             else None
         )
         self.dtype = dtype
+        self.kernel_lora: LoRA | None = nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = dtypes.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        y = jnp.einsum("...k,kn->...n", x, kernel)
-        return y if bias is None else y + bias
+        y = product(self, "kernel", x)
+        if self.bias is None:
+            return y
+        return y + dtypes.promote_dtype((self.bias[...],), dtype=self.dtype)[0]
 
 
 _ACTIVATIONS = {

@@ -42,9 +42,13 @@ def make_train_step(
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     seed: int = 0,
+    wrt: nnx.filterlib.Filter = nnx.Param,
     **loss_kwargs,
 ):
     """A train step: mean gradient over `grad_accum_steps` micro-batches, one optimizer update.
+
+    Gradients are taken with respect to the variables `wrt` selects (the optimizer's own `wrt`):
+    every parameter, or `nnx.LoRAParam` alone for LoRA, leaving the rest bitwise unchanged.
 
     Gradients accumulate in float32 (the parameter dtype) under `lax.scan`; metrics are means
     over micro-batches, plus `grad_norm` (before clipping) and `learning_rate`.
@@ -59,11 +63,15 @@ def make_train_step(
         def micro_step(carry, micro):
             grad_sum, model_state = carry
             m = nnx.merge(model_def, model_state)  # created at this trace level: rngs advance
-            grad_fn = nnx.value_and_grad(lambda m: loss_fn(m, micro, **loss_kwargs), has_aux=True)
+            grad_fn = nnx.value_and_grad(
+                lambda m: loss_fn(m, micro, **loss_kwargs),
+                argnums=nnx.DiffState(0, wrt),
+                has_aux=True,
+            )
             (_, metrics), grads = grad_fn(m)
             return (jax.tree.map(jnp.add, grad_sum, grads), nnx.state(m)), metrics
 
-        zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+        zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, wrt))
         if grad_accum_steps == 1:
             (grads, model_state), metrics = micro_step((zeros, model_state), batch)
         else:

@@ -29,7 +29,19 @@ from flax import nnx
 
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
-from t5x_lite import checkpoint, conversion, data, flops, hf, loop, models, optim, run_config, steps
+from t5x_lite import (
+    checkpoint,
+    conversion,
+    data,
+    flops,
+    hf,
+    loop,
+    lora,
+    models,
+    optim,
+    run_config,
+    steps,
+)
 from t5x_lite import config as config_lib
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import tokenizer as tokenizer_lib
@@ -145,6 +157,7 @@ class Program:
     eval_step: Callable
     model_config: config_lib.ModelConfig
     create: Callable  # () -> (model, optimizer): builds or loads, run under jit or eval_shape
+    trainable: nnx.filterlib.Filter  # what the optimizer updates: nnx.Param, or nnx.LoRAParam
 
     def to_global(self, batch: dict) -> dict:
         """This process's rows -> one global array per feature, split over the mesh."""
@@ -184,11 +197,15 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     )
 
     cfg = model_config(config, vocab_size)
+    lora_cfg = lora_config(config)
+    trainable = nnx.Param if lora_cfg is None else nnx.LoRAParam
 
     def create():  # random init; `init_state` then reads `model.init_from`'s weights over it
         model = models.build(cfg, seed=config.train.seed)
+        if lora_cfg is not None:
+            lora.apply(model, lora_cfg, seed=config.train.seed)
         model.train()
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+        return model, nnx.Optimizer(model, tx, wrt=trainable)
 
     if cfg.architecture != objective.architecture:
         source = config.model.init_from
@@ -215,6 +232,7 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
                 schedule=schedule,
                 grad_accum_steps=config.optim.grad_accum_steps,
                 seed=config.train.seed,
+                wrt=trainable,
                 **loss_kwargs,
             ),
         ),
@@ -237,7 +255,19 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
         eval_step,
         cfg,
         create,
+        trainable,
     )
+
+
+def lora_config(config: ml_collections.ConfigDict) -> lora.LoraConfig | None:
+    """The run's LoraConfig from the `lora` block, or None (`lora.rank` 0: full training)."""
+    block = config.lora.to_dict()
+    if block.get("rank") == 0:
+        return None
+    unknown = set(block) - {f.name for f in dataclasses.fields(lora.LoraConfig)}
+    if unknown:
+        raise ValueError(f"lora.{sorted(unknown)[0]} is not a LoRA option")
+    return lora.LoraConfig(**block)
 
 
 def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
@@ -245,8 +275,8 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
     devices; with `model.init_from`, its parameters then replaced by the source's, read
     outside any trace into the same shardings."""
     state = jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
-    if config.model.init_from:
-        params = nnx.filter_state(state[0], nnx.Param)
+    if config.model.init_from:  # the base model's parameters, not the new adapters
+        params = nnx.filter_state(state[0], nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
         target = nnx.to_pure_dict(params)  # the sharded arrays: shapes, dtypes, shardings
         kind, where = conversion.locate(config.model.init_from, flag="model.init_from")
         if kind == "native":  # Orbax reads each shard where it belongs
@@ -353,6 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
         eval_ds = make_pipeline(config, objective, tok, eval_spec, train=False, stats=stats)[0]
     state = init_state(program, config)
     model, _ = nnx.merge(program.graphdef, state)
+    if lora.config_of(model) is not None:
+        log.info("LoRA %s: %s", lora.config_of(model), lora.describe(model))
+    log.info("optimizer state: %d bytes", sum(x.nbytes for x in jax.tree.leaves(state[1])))
     if mesh.size > 1:
         fraction = rules_lib.fraction_sharded(state[0], shardings[0])
         log.info(
@@ -451,6 +484,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
 
     nnx.update(model, result.state[0])
     model.eval()
+    adapter = workdir / "adapter"  # the adapters alone, for lora.load / lora.to_peft
+    if lora.config_of(model) is not None and not result.preempted:
+        if not adapter.is_dir() or checkpoint.latest_step(adapter) != result.step:
+            lora.save(model, adapter, step=result.step)
     # The example runs outside the mesh on host inputs: single-process runs only.
     if not result.preempted and eval_ds is not None and jax.process_count() == 1:
         print(objective.describe_example(model, tok, next(iter(eval_ds))))
