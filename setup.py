@@ -27,6 +27,8 @@ setup(
         "safetensors>=0.4,<1",
         "sentencepiece>=0.2,<0.3",
         "rouge-score>=0.1.2,<0.2",
+        "sacrebleu>=2.4,<3",
+        "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "numpy>=1.26",
         "tensorboardX>=2.6,<3",

@@ -81,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_path = ""
     c.data.input_field = "dialogue"  # text field for pre-training; the input for seq2seq
     c.data.target_field = "summary"  # seq2seq target
+    # A prompt template (t5x_lite/prompts.py: a name such as "summarize", or a format string)
+    # around the input field's text; "" feeds the text as it is.
+    c.data.template = ""
     c.data.skip_bad_records = False  # skip (and count) malformed records instead of failing
     c.data.shuffle = True
     c.data.num_shards = 0  # disjoint input shards (0: one per process); fixes the global batch
@@ -98,6 +101,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lora.dropout = 0.0
     c.lora.targets = r".*/(q|v)"  # q and v of every attention; e.g. r".*/(q|k|v|o|wi.*|wo)"
     c.lora.rslora = False
+
+    # Prompt tuning (t5x_lite/prompt_tuning.py): num_tokens > 0 freezes the model and trains
+    # that many virtual-token embeddings before the encoder input (encoder-decoder models,
+    # objective.pack=false), initialised from ids sampled among the first init_vocab.
+    c.prompt = ml_collections.ConfigDict()
+    c.prompt.num_tokens = 0
+    c.prompt.init_vocab = 5000
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | adafactor
@@ -118,6 +128,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 20
     c.train.eval_every = 200
     c.train.eval_steps = 4
+    # Also generate on the first N held-out records at eval steps (greedy, in data.template)
+    # and log eval_rouge1/2/L/Lsum and eval_bleu; 0 turns it off (single-process runs only).
+    c.train.generate_examples = 0
     c.train.progress_bar = True
     c.train.peak_flops_per_device = 0.0  # for MFU; 0 = preset by device kind, or measured
 

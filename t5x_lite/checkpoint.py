@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -33,6 +34,8 @@ from t5x_lite import data, models
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 OPT_STATE, DATA_ITER, RUN_CONFIG = "opt_state", "data_iter", "config"
+ADAPTERS = "adapters"  # a parameter-efficient run's methods (t5x_lite.adapters), beside params
+ADAPTER, ADAPTER_CONFIG = "adapter", "adapter_config"  # an adapter saved on its own
 
 
 def manager(
@@ -111,22 +114,63 @@ def restore_params(directory: str | os.PathLike, target: dict, *, step: int | No
     return restored[PARAMS]
 
 
+def load_json_item(
+    directory: str | os.PathLike, name: str, *, step: int | None = None
+) -> dict | None:
+    """The JSON item `name` of `step` (default: latest), or None if that step has none."""
+    step = latest_step(directory) if step is None else step
+    if not (Path(directory) / str(step) / name).exists():
+        return None
+    with manager(directory) as mngr:
+        restored = mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+    return dict(restored[name])
+
+
 def load_model(
-    directory: str | os.PathLike, *, step: int | None = None, **config_overrides
+    directory: str | os.PathLike, *, step: int | None = None, adapt=None, **config_overrides
 ) -> models.Model:
     """Rebuild the model saved at `step` (default: latest), in eval mode.
 
-    `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`.
+    `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`. `adapt`
+    (model -> model) adds parameters the checkpoint also holds, such as LoRA adapters, before
+    the parameters are read.
     """
     cfg = load_model_config(directory, step=step).replace(**config_overrides)
     graphdef, state, rest = models.build_abstract(cfg)
+    if adapt is not None:
+        graphdef, state, rest = nnx.split(adapt(nnx.merge(graphdef, state, rest)), nnx.Param, ...)
     with jax.ensure_compile_time_eval():  # real arrays even when traced (nnx.eval_shape)
-        target = params_of(nnx.merge(graphdef, state, rest))
+        target = nnx.to_pure_dict(state)
         params = restore_params(directory, target, step=step)
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state, rest)
     model.eval()
     return model
+
+
+def save_adapter(directory: str | os.PathLike, step: int, arrays, config: dict) -> Path:
+    """An adapter alone (a LoRA or soft-prompt pytree of arrays, and its JSON config) as step
+    `step` of a checkpoint directory that keeps only its latest step."""
+    items = {ADAPTER: ocp.args.StandardSave(arrays), ADAPTER_CONFIG: ocp.args.JsonSave(config)}
+    with manager(directory, max_to_keep=1) as mngr:
+        if step in mngr.all_steps():
+            raise FileExistsError(f"{directory} holds step {step} already; save a later step")
+        mngr.save(step, args=ocp.args.Composite(**items))
+        mngr.wait_until_finished()
+    return Path(directory)
+
+
+def load_adapter(directory: str | os.PathLike) -> tuple[object, dict]:
+    """(arrays as numpy, config) of the latest step `save_adapter` wrote in `directory`."""
+    step = latest_step(directory)
+    with manager(directory) as mngr:
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                **{ADAPTER: ocp.args.StandardRestore(), ADAPTER_CONFIG: ocp.args.JsonRestore()}
+            ),
+        )
+    return jax.tree.map(np.asarray, restored[ADAPTER]), dict(restored[ADAPTER_CONFIG])
 
 
 def _abstract(tree) -> dict:
@@ -162,9 +206,11 @@ class TrainCheckpoints:
         model_config: config_lib.ModelConfig,
         data_iterator=None,
         run_config: dict | None = None,
+        adapters: dict | None = None,
     ) -> None:
         """Save step `step`: the parameters in `model_state` (a model's `nnx.state`), and
-        `opt_state`, the grain `data_iterator`'s state and `run_config` where given."""
+        `opt_state`, the grain `data_iterator`'s state, `run_config` and the `adapters` spec
+        (LoRA, soft prompt) of the parameters where given."""
         params = nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))
         items = _model_items(params, model_config)
         if opt_state is not None:
@@ -173,6 +219,8 @@ class TrainCheckpoints:
             items[DATA_ITER] = ocp.args.JsonSave(data.iterator_state_json(data_iterator))
         if run_config is not None:
             items[RUN_CONFIG] = ocp.args.JsonSave(run_config)
+        if adapters is not None:
+            items[ADAPTERS] = ocp.args.JsonSave(adapters)
         self.mngr.save(step, args=ocp.args.Composite(**items))
 
     def restore(

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from t5x_lite import checkpoint, hf, models
+from t5x_lite import adapters, checkpoint, hf, lora, models
 from t5x_lite import config as config_lib
 from t5x_lite import tokenizer as tokenizer_lib
 
@@ -48,7 +48,8 @@ def locate(path: str | os.PathLike, *, flag: str = "--model") -> tuple[str, Path
     if not path.exists():
         raise FileNotFoundError(
             f"{flag} {str(path)!r} does not exist: expected a Hugging Face directory, a "
-            "`t5x-lite train` workdir or a native checkpoint directory"
+            "`t5x-lite train` workdir or a native checkpoint directory (for a workdir of "
+            "`t5x-lite train`, such as the default ./runs/default, run that first)"
         )
     if hf.is_hf_directory(path):
         return "hf", path
@@ -78,11 +79,14 @@ def model_config(
 
 
 def load_model(path: str | os.PathLike, *, flag: str = "--model", **overrides) -> models.Model:
-    """The model at `path` (see `locate`) in eval mode, `overrides` replacing config fields."""
+    """The model at `path` (see `locate`) in eval mode, `overrides` replacing config fields. A
+    LoRA or prompt-tuning run's checkpoint comes back with its adapters (LoRA unmerged)."""
     kind, where = locate(path, flag=flag)
     if kind == "hf":
         return hf.from_pretrained(where, **overrides)
-    return checkpoint.load_model(where, **overrides)
+    method = checkpoint.load_json_item(where, checkpoint.ADAPTERS)
+    adapt = None if method is None else (lambda m: adapters.apply(m, method))
+    return checkpoint.load_model(where, adapt=adapt, **overrides)
 
 
 def tokenizer_dir(path: str | os.PathLike) -> Path | None:
@@ -115,6 +119,14 @@ def native_to_hf(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A workdir or native checkpoint as a Hugging Face directory, with its tokenizer
     (`tokenizer_dir`, else the shipped one) saved beside it, as `T5Tokenizer` reads it."""
     model = load_model(path, flag="--from")
+    if lora.config_of(model) is not None:  # HF's T5 has no adapters: fold them in
+        lora.merge(model)
+        log.info("merged the LoRA adapters of %s into its weights", path)
+    if model.prompt is not None:
+        raise ValueError(
+            f"{path} is prompt-tuned: a soft prompt has no place in a plain HF T5 checkpoint; "
+            "export the base with its init_from and the prompt with prompt_tuning.to_peft"
+        )
     tok = tokenizer_lib.load(tokenizer_dir(path) or default_tokenizer_dir())
     hf.save_pretrained(model, out_dir, tokenizer=tok)
     log.info("wrote Hugging Face directory %s (tokenizer %s)", out_dir, tok.source)

@@ -282,7 +282,7 @@ def make_dataset(
     records: list[dict],
     *,
     tokenizer,
-    fields: dict[str, str],
+    fields: dict[str, str | Callable[[dict], str]],
     stages: Callable[[int], Stages],
     batch_size: int,
     seed: int,
@@ -297,7 +297,8 @@ def make_dataset(
 
     `fields` maps output feature names to record fields, e.g. {"targets": "dialogue"} for
     pre-training or {"inputs": "dialogue", "targets": "summary"} for seq2seq; each becomes a
-    1-D int32 token array without EOS (objectives add it). `stages(shard)` gives the objective's
+    1-D int32 token array without EOS (objectives add it); a callable instead of a field name
+    renders the text from the record (a prompt template). `stages(shard)` gives the objective's
     grain stages for a shard (seeded per shard).
 
     The records are split into `num_shards` disjoint shards (0: one per process), each with its
@@ -306,7 +307,7 @@ def make_dataset(
     contributes to the global batch of `batch_size`. The global batch is therefore the same for
     any process count that divides `num_shards`.
     """
-    check_fields(records, list(fields.values()))
+    check_fields(records, [f for f in fields.values() if isinstance(f, str)])
     shards = num_shards or process_count
     if shards % process_count:
         raise ValueError(
@@ -316,7 +317,9 @@ def make_dataset(
         raise ValueError(
             f"train.batch_size={batch_size} is not divisible by data.num_shards={shards}"
         )
-    texts = [{k: str(r[f]) for k, f in fields.items()} for r in records]
+    texts = [
+        {k: str(r[f]) if isinstance(f, str) else f(r) for k, f in fields.items()} for r in records
+    ]
     cut = truncation or TruncationCounter(max_tokens=1 << 30)
 
     def shard_dataset(shard: int) -> grain.IterDataset:

@@ -400,3 +400,40 @@ def is_hf_directory(path: str | os.PathLike) -> bool:
     """True for a directory that looks like a HF model (config.json with a model_type)."""
     p = Path(path) / "config.json"
     return p.exists() and "model_type" in _read_json(p)
+
+
+# ----------------------------------------------------------------------------- PEFT adapters
+
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def save_peft(directory: str | os.PathLike, tensors: dict[str, np.ndarray], config: dict) -> Path:
+    """A PEFT adapter directory: `adapter_config.json` + `adapter_model.safetensors`, each
+    written whole or not at all."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+    )
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_peft(directory: str | os.PathLike, peft_type: str) -> tuple[dict, dict, Path]:
+    """(adapter config, tensors, weights path) of a PEFT adapter directory of `peft_type`."""
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / PEFT_CONFIG, directory / PEFT_WEIGHTS
+    for p in (config_path, weights_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist: expected a PEFT {peft_type} adapter")
+    config = _read_json(config_path)
+    if config.get("peft_type") != peft_type:
+        raise ValueError(
+            f"{config_path}: peft_type={config.get('peft_type')!r}; expected {peft_type!r}"
+        )
+    return config, load_file(str(weights_path)), weights_path

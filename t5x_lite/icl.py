@@ -73,6 +73,65 @@ def rouge(
     return {name: float(np.mean([x[name] for x in scores])) for name in ROUGE_TYPES}
 
 
+def bleu(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
+    """Corpus BLEU (sacrebleu, its default 13a tokenization) of `predictions` against one
+    reference each, or several (a record with fewer repeats its first, which changes nothing)."""
+    import sacrebleu
+
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    streams = max(len(r) for r in refs)
+    padded = [r + [r[0]] * (streams - len(r)) for r in refs]
+    return float(
+        sacrebleu.corpus_bleu(list(predictions), [list(s) for s in zip(*padded, strict=True)]).score
+    )
+
+
+def score_generation(
+    model,
+    tokenizer,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    template: str | prompts.Template,
+    input_field: str,
+    target_field: str,
+    max_length: int = 512,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Zero-shot generation on `records` (`input_field`'s text in `template`), scored against
+    `target_field`: ROUGE-1/2/L/Lsum, BLEU and the number of examples, as fine-tuning's
+    evaluation reports them (greedy decoding)."""
+    template = prompts.get_template(template)
+    queries = []
+    for record in records:
+        for name in (input_field, target_field):
+            if record.get(name) is None:
+                have = sorted(k for k in record if not k.startswith("_"))
+                raise KeyError(
+                    f"record {record.get('_position', '?')} has no field {name!r} (input field "
+                    f"{input_field!r}, target field {target_field!r}); it has {have}"
+                )
+        queries.append(
+            {
+                template.truncate_field: record[input_field],
+                template.target_field: record[target_field],
+                "_position": record.get("_position"),
+            }
+        )
+    (row,) = evaluate(
+        model,
+        tokenizer,
+        queries,
+        shots=[0],
+        pool=queries[:1],
+        template=template,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    return {k: row[k] for k in (*ROUGE_TYPES, "bleu", "num_examples")}
+
+
 def evaluate(
     model,
     tokenizer,
@@ -97,9 +156,10 @@ def evaluate(
     """One row per k in `shots`: ROUGE of the k-shot predictions and how the prompts fared.
 
     Row keys: `shots`, `rouge1`, `rouge2`, `rougeL`, `rougeLsum` (F x 100, mean over the scored
-    examples; None if every prompt was skipped), `mean_shots_fit`, `num_examples` (scored),
-    `num_truncated`, `num_skipped`, then the template and generation settings, and
-    `examples`: per scored record its `position`, `prediction`, `references` and ROUGE.
+    examples; None if every prompt was skipped), `bleu` (corpus BLEU), `mean_shots_fit`,
+    `num_examples` (scored), `num_truncated`, `num_skipped`, then the template and generation
+    settings, and `examples`: per scored record its `position`, `prediction`, `references`
+    and ROUGE.
     `pool` defaults to `records` (each query excluded from its own shots). `target_fields`
     (default: the template's `target_field`) name the query records' references; several are
     scored as multi-reference ROUGE. Shots always answer with the template's `target_field`.
@@ -174,6 +234,7 @@ def evaluate(
             references = [[str(r[f]) for f in target_fields] for _, r in kept]
             scores = rouge_per_example(predictions, references)
             row |= {n: float(np.mean([x[n] for x in scores])) for n in ROUGE_TYPES}
+            row["bleu"] = bleu(predictions, references)
             row["mean_shots_fit"] = float(np.mean([p.num_shots_used for p, _ in kept]))
             row["examples"] = [
                 {"position": r.get("_position"), "prediction": text, "references": refs, **score}
@@ -183,7 +244,7 @@ def evaluate(
             ]
         else:
             log.warning("%d-shot: every prompt was skipped (over max_length=%d)", k, max_length)
-            row |= dict.fromkeys(ROUGE_TYPES) | {"mean_shots_fit": None, "examples": []}
+            row |= dict.fromkeys((*ROUGE_TYPES, "bleu")) | {"mean_shots_fit": None, "examples": []}
         row["num_examples"] = len(kept)
         row["num_truncated"] = sum(p.truncated for p in built)
         row["num_skipped"] = sum(p.skipped for p in built)
@@ -250,6 +311,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         ("rouge2", "ROUGE-2"),
         ("rougeL", "ROUGE-L"),
         ("rougeLsum", "ROUGE-Lsum"),
+        ("bleu", "BLEU"),
         ("mean_shots_fit", "shots fit (mean)"),
         ("num_examples", "examples"),
         ("num_truncated", "truncated"),

@@ -196,6 +196,33 @@ class Dense(nnx.Module):
         return y + dtypes.promote_dtype((self.bias[...],), dtype=self.dtype)[0]
 
 
+class PromptParam(nnx.Param):
+    """A soft prompt's embeddings: the variable type prompt tuning trains (`nnx.LoRAParam`'s
+    counterpart)."""
+
+
+class SoftPrompt(nnx.Module):
+    """n trainable virtual-token embeddings (n, D) put before the input's embeddings, with
+    their positions marked real in the attention mask (Lester et al., 2021)."""
+
+    def __init__(self, table: jax.Array):
+        self.embedding = PromptParam(table, out_sharding=(None, "embed"), eager_sharding=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embedding.shape[0]
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # (B, S, D) -> (B, n + S, D)
+        prompt = jnp.broadcast_to(self.embedding[...], (x.shape[0], *self.embedding.shape))
+        return jnp.concatenate([prompt.astype(x.dtype), x], axis=1)
+
+    def mask(self, attention_mask: jax.Array | None) -> jax.Array | None:  # (B, S) -> (B, n + S)
+        if attention_mask is None:
+            return None
+        ones = jnp.ones((attention_mask.shape[0], self.num_tokens), attention_mask.dtype)
+        return jnp.concatenate([ones, attention_mask], axis=1)
+
+
 _ACTIVATIONS = {
     "relu": jax.nn.relu,
     # HF maps T5's "gated-gelu" to gelu_new, the tanh approximation.

@@ -16,9 +16,10 @@ the non-finite guard, around any step function.
 `step_fn` pulls its own batch (a supervised step reads the data iterator, a PPO step makes
 rollouts), so the loop knows nothing of data or models. At the end of each step it logs every
 `log_every` steps (and at evaluation steps and the last step), evaluates every `eval_every`
-steps, and saves every `checkpoint_every` steps and at the last. A SIGTERM (a preempted job) is
-noted, and at the end of the current step the state is saved and the loop returns. A non-finite
-loss raises `NonFiniteLossError`, naming the last checkpoint, which is kept.
+steps and at the last (unless `eval_every` is 0), and saves every `checkpoint_every` steps and
+at the last. A SIGTERM (a preempted job) is noted, and at the end of the current step the state
+is saved and the loop returns. A non-finite loss raises `NonFiniteLossError`, naming the last
+checkpoint, which is kept.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def run(
                 )
             writer.advance(step, loss=loss)
             last = step == cadence.total_steps
-            is_eval = evaluate is not None and cadence.eval_every and step % cadence.eval_every == 0
+            is_eval = (
+                evaluate is not None
+                and cadence.eval_every > 0
+                and (step % cadence.eval_every == 0 or last)
+            )
             if step % cadence.log_every == 0 or is_eval or last:
                 logged = dict(metrics, **(extra_metrics(step) if extra_metrics else {}))
                 if is_eval:

@@ -25,7 +25,6 @@ method, while generation calls `prefill` and `step`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -34,14 +33,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from t5x_lite import checkpoint, hf, models
 from t5x_lite.layers import LoRA, input_ndim
 
-ADAPTER, LORA_CONFIG = "adapter", "lora_config"
-PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 _PEFT_TASK = {"encoder_decoder": "SEQ_2_SEQ_LM", "encoder_only": "FEATURE_EXTRACTION"}
 
@@ -137,19 +133,24 @@ def config_of(model: nnx.Module) -> LoraConfig | None:
     return getattr(model, "lora_config", None)
 
 
-def count(model: nnx.Module) -> tuple[int, int]:
-    """(trainable LoRA parameters, all parameters including them)."""
+def to_json(cfg: LoraConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_json(fields: dict) -> LoraConfig:
+    return LoraConfig(**fields)
+
+
+def count(model: nnx.Module, *, trainable=nnx.LoRAParam) -> tuple[int, int]:
+    """(trainable parameters, all parameters including them); `trainable` filters them."""
     size = lambda state: sum(x.size for x in jax.tree.leaves(state))
-    return size(nnx.state(model, nnx.LoRAParam)), size(nnx.state(model, nnx.Param))
+    return size(nnx.state(model, trainable)), size(nnx.state(model, nnx.Param))
 
 
-def describe(model: nnx.Module) -> str:
+def describe(model: nnx.Module, *, trainable=nnx.LoRAParam) -> str:
     """PEFT's `print_trainable_parameters` line."""
-    trainable, total = count(model)
-    return (
-        f"trainable params: {trainable:,} || all params: {total:,} || "
-        f"trainable%: {100 * trainable / total:.4f}"
-    )
+    n, total = count(model, trainable=trainable)
+    return f"trainable params: {n:,} || all params: {total:,} || trainable%: {100 * n / total:.4f}"
 
 
 def merge(model: nnx.Module) -> nnx.Module:
@@ -182,35 +183,18 @@ def save(model: nnx.Module, directory: str | os.PathLike, *, step: int = 0) -> P
     found = adapters(model)
     paths = sorted(found)
     weights = [{"a": found[p][2].a[...], "b": found[p][2].b[...]} for p in paths]
-    items = {
-        ADAPTER: ocp.args.StandardSave(weights),
-        LORA_CONFIG: ocp.args.JsonSave(dict(dataclasses.asdict(cfg), paths=paths)),
-    }
-    with checkpoint.manager(directory, max_to_keep=1) as mngr:
-        if step in mngr.all_steps():
-            raise FileExistsError(f"{directory} holds step {step} already; save a later step")
-        mngr.save(step, args=ocp.args.Composite(**items))
-        mngr.wait_until_finished()
-    return Path(directory)
+    config = dict(to_json(cfg), method="lora", paths=paths)
+    return checkpoint.save_adapter(directory, step, weights, config)
 
 
 def load(model: models.Model, directory: str | os.PathLike) -> models.Model:
     """`model` with the adapters saved in `directory` (by `save`) applied; in place, returned."""
-    step = checkpoint.latest_step(directory)
-    with checkpoint.manager(directory) as mngr:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                **{ADAPTER: ocp.args.StandardRestore(), LORA_CONFIG: ocp.args.JsonRestore()}
-            ),
-        )
-    fields = dict(restored[LORA_CONFIG])
+    weights, fields = checkpoint.load_adapter(directory)
+    method = fields.pop("method", "lora")
+    if method != "lora":
+        raise ValueError(f"{directory} holds a {method} adapter, not LoRA")
     paths = fields.pop("paths")
-    weights = {
-        p: {k: np.asarray(v) for k, v in w.items()}
-        for p, w in zip(paths, restored[ADAPTER], strict=True)
-    }
-    return _attach(model, LoraConfig(**fields), weights, directory)
+    return _attach(model, from_json(fields), dict(zip(paths, weights, strict=True)), directory)
 
 
 # ----------------------------------------------------------------------------- PEFT format
@@ -229,8 +213,6 @@ def to_peft(model: models.Model, directory: str | os.PathLike, *, base_model: st
     """Write `adapter_config.json` + `adapter_model.safetensors` that
     `peft.PeftModel.from_pretrained(hf_model, directory)` loads onto the HF T5 model. PEFT's
     lora_A is (r, fan_in) and lora_B (fan_out, r), heads flattened as in HF's Linear."""
-    from safetensors.numpy import save_file
-
     cfg = _require_adapters(model)
     names = _hf_modules(model)
     tensors = {}
@@ -252,14 +234,7 @@ def to_peft(model: models.Model, directory: str | os.PathLike, *, base_model: st
         "inference_mode": True,
         **_PEFT_UNSUPPORTED,
     }
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    hf._atomic_write(
-        directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
-    )
-    text = json.dumps(peft_config, indent=2, sort_keys=True) + "\n"
-    hf._atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(text))
-    return directory
+    return hf.save_peft(directory, tensors, peft_config)
 
 
 # PEFT options with no counterpart here, each with the value that means "not used".
@@ -278,16 +253,8 @@ _PEFT_UNSUPPORTED = {
 def from_peft(model: models.Model, directory: str | os.PathLike) -> models.Model:
     """`model` with the PEFT LoRA adapter in `directory` applied (in place; returned). The
     adapted layers are the ones the weights file holds; a PEFT feature we lack is refused."""
-    from safetensors.numpy import load_file
-
-    directory = Path(directory)
-    config_path, weights_path = directory / PEFT_CONFIG, directory / PEFT_WEIGHTS
-    for p in (config_path, weights_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist: expected a PEFT LoRA adapter directory")
-    peft = hf._read_json(config_path)
-    if peft.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path}: peft_type={peft.get('peft_type')!r}; expected 'LORA'")
+    peft, stored, weights_path = hf.read_peft(directory, "LORA")
+    config_path = weights_path.parent / hf.PEFT_CONFIG
     for key, unused in _PEFT_UNSUPPORTED.items():
         if peft.get(key) not in (None, unused, {}, []):
             raise ValueError(
@@ -303,7 +270,7 @@ def from_peft(model: models.Model, directory: str | os.PathLike) -> models.Model
     paths = {v: k for k, v in _hf_modules(model).items()}
     found = candidates(model)
     saved: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in load_file(str(weights_path)).items():
+    for key, value in stored.items():
         module, _, part = key.removeprefix(_PEFT_PREFIX).rpartition(".lora_")
         if module not in paths or part not in ("A.weight", "B.weight"):
             raise ValueError(f"{weights_path}: tensor {key!r} is not a LoRA weight of this model")

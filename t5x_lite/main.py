@@ -7,6 +7,7 @@ t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DI
 t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped tokenizer
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
 t5x-lite icl [--model DIR] [--data embedded|FILE] [--shots 0,1,2] [--out DIR]  # ROUGE
+t5x-lite eval --model DIR [--adapter DIR] [--data embedded|FILE]   # ROUGE + BLEU, one row
 """
 
 from __future__ import annotations
@@ -158,6 +159,30 @@ def _parser() -> argparse.ArgumentParser:
     icl.add_argument(
         "--out", default="runs/icl", help="writes icl.md, icl.jsonl and predictions.jsonl here"
     )
+    ev = sub.add_parser(
+        "eval", help="generate on held-out records and score ROUGE-1/2/L/Lsum and BLEU"
+    )
+    _add_model_flags(ev)
+    ev.add_argument(
+        "--adapter",
+        default=None,
+        help="adapter to apply (LoRA or soft prompt): a run's workdir/adapter, or a PEFT "
+        "directory (adapter_config.json)",
+    )
+    ev.add_argument("--data", default="embedded", help="as icl's --data")
+    ev.add_argument("--split", default="test", help="split to evaluate (default test)")
+    ev.add_argument("--num-examples", type=int, default=64, help="first N records (default 64)")
+    ev.add_argument(
+        "--template",
+        default=None,
+        help="prompt template around the input (default: a workdir's data.template, else "
+        "summarize)",
+    )
+    ev.add_argument("--input-field", default=None, help="default: a workdir's, else dialogue")
+    ev.add_argument("--target-field", default=None, help="default: a workdir's, else summary")
+    ev.add_argument("--max-length", type=int, default=512, help="input window in tokens")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     return parser
 
 
@@ -358,7 +383,41 @@ def main(argv: list[str] | None = None) -> int:
         markdown, jsonl = icl.write_results(rows, args.out)
         print(icl.format_table(rows))
         print(f"wrote {markdown} and {jsonl}")
+    elif args.command == "eval":
+        _eval(args)
     return 0
+
+
+def _eval(args) -> None:
+    """`t5x-lite eval`: one Markdown row of generation scores for a model (and adapter)."""
+    from t5x_lite import adapters, conversion, icl
+
+    model, tok = _load_model(args)
+    if args.adapter:
+        model = adapters.load(model, args.adapter)
+    trained = {}
+    workdir = conversion.workdir_of(args.model)
+    if workdir is not None:
+        trained = json.loads((workdir / "config.json").read_text()).get("data", {})
+    template = args.template or trained.get("template") or "summarize"
+    records, _ = icl.load_records(args.data, split=args.split, num_examples=args.num_examples)
+    scores = icl.score_generation(
+        model,
+        tok,
+        records,
+        template=template,
+        input_field=args.input_field or trained.get("input_field", "dialogue"),
+        target_field=args.target_field or trained.get("target_field", "summary"),
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    print("| model | adapter | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | BLEU | examples |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    cells = [f"{scores[k]:.2f}" for k in (*icl.ROUGE_TYPES, "bleu")]
+    print(
+        f"| {args.model} | {args.adapter or '-'} | {' | '.join(cells)} | {scores['num_examples']} |"
+    )
 
 
 # Where our code lives: an error raised here is bad input we have explained in its message.

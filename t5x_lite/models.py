@@ -32,7 +32,7 @@ from t5x_lite.attention import (
 )
 from t5x_lite.cache import DecodingCache, KVCache
 from t5x_lite.config import ModelConfig
-from t5x_lite.layers import Dense, Embed
+from t5x_lite.layers import Dense, Embed, SoftPrompt
 from t5x_lite.transformer import Stack
 
 
@@ -166,6 +166,8 @@ class _Assembly(nnx.Module):
     continues_prompt = False
 
     def _init_head(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        # A soft prompt before the encoder input, once `prompt_tuning.apply` has set one.
+        self.prompt: SoftPrompt | None = nnx.data(None)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
@@ -180,6 +182,11 @@ class _Assembly(nnx.Module):
             )
         )
 
+    def input_mask(self, attention_mask):
+        """The mask over what `encode` returns: `attention_mask` with the soft prompt's
+        positions (real) in front, if there is a prompt."""
+        return attention_mask if self.prompt is None else self.prompt.mask(attention_mask)
+
     def logits(self, hidden: jax.Array) -> jax.Array:  # (B, T, D) -> (B, T, V) float32
         if self.lm_head is None:
             out = self.shared.attend(hidden * (self.config.d_model**-0.5))
@@ -188,8 +195,16 @@ class _Assembly(nnx.Module):
         return out.astype(jnp.float32)
 
     def encode(self, input_ids, attention_mask=None, *, segment_ids=None, inputs_embeds=None):
-        """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup."""
+        """(B, S) ids -> (B, S, D) encoder hidden states. `inputs_embeds` replaces the lookup.
+        With a soft prompt, its n positions come first: (B, n + S, D) (see `input_mask`)."""
         x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.prompt is not None:
+            if segment_ids is not None:
+                raise ValueError(
+                    "a soft prompt needs unpacked inputs: set objective.pack=false (packed rows "
+                    "would share one prompt)"
+                )
+            x, attention_mask = self.prompt(x), self.prompt.mask(attention_mask)
         positions = jnp.arange(x.shape[1])
         hidden, _ = self.encoder(
             x,
@@ -270,7 +285,7 @@ class EncoderDecoder(_Assembly):
         return self.decode(
             decoder_input_ids,
             encoded,
-            attention_mask,
+            self.input_mask(attention_mask),
             decoder_attention_mask,
             segment_ids=segment_ids,
             decoder_segment_ids=decoder_segment_ids,
@@ -294,7 +309,7 @@ class EncoderDecoder(_Assembly):
         -> (logits of the first new token (B, V), cache)."""
         encoded = self.encode(input_ids, attention_mask)
         batch = input_ids.shape[0]
-        cache = self.init_cache(batch, max_new_tokens + 1, encoded, attention_mask)
+        cache = self.init_cache(batch, max_new_tokens + 1, encoded, self.input_mask(attention_mask))
         start = jnp.full((batch, 1), self.config.decoder_start_token_id, jnp.int32)
         logits, cache = self.decode(start, None, cache=cache)
         return logits[:, -1], cache

@@ -30,15 +30,17 @@ from flax import nnx
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
 from t5x_lite import (
+    adapters,
     checkpoint,
     conversion,
     data,
     flops,
-    hf,
     loop,
     lora,
     models,
     optim,
+    prompt_tuning,
+    prompts,
     run_config,
     steps,
 )
@@ -150,6 +152,7 @@ class Program:
 
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef  # (model, optimizer), train mode
+    eval_graphdef: nnx.GraphDef  # the model alone, eval mode
     abstract_state: nnx.State  # shapes and dtypes of nnx.state((model, optimizer))
     shardings: nnx.State
     batch_sharding: jax.sharding.NamedSharding
@@ -197,13 +200,11 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     )
 
     cfg = model_config(config, vocab_size)
-    lora_cfg = lora_config(config)
-    trainable = nnx.Param if lora_cfg is None else nnx.LoRAParam
+    method = adapter_method(config)
+    trainable = adapters.trainable(method)
 
     def create():  # random init; `init_state` then reads `model.init_from`'s weights over it
-        model = models.build(cfg, seed=config.train.seed)
-        if lora_cfg is not None:
-            lora.apply(model, lora_cfg, seed=config.train.seed)
+        model = adapters.apply(models.build(cfg, seed=config.train.seed), method)
         model.train()
         return model, nnx.Optimizer(model, tx, wrt=trainable)
 
@@ -248,6 +249,7 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     return Program(
         mesh,
         graphdef,
+        eval_graphdef,
         abstract,
         shardings,
         batch_sharding,
@@ -259,15 +261,21 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     )
 
 
-def lora_config(config: ml_collections.ConfigDict) -> lora.LoraConfig | None:
-    """The run's LoraConfig from the `lora` block, or None (`lora.rank` 0: full training)."""
-    block = config.lora.to_dict()
-    if block.get("rank") == 0:
-        return None
-    unknown = set(block) - {f.name for f in dataclasses.fields(lora.LoraConfig)}
-    if unknown:
-        raise ValueError(f"lora.{sorted(unknown)[0]} is not a LoRA option")
-    return lora.LoraConfig(**block)
+def adapter_method(config: ml_collections.ConfigDict) -> dict | None:
+    """The parameter-efficient method the run trains (an `adapters.spec`), validated: LoRA
+    (`lora.rank` > 0), prompt tuning (`prompt.num_tokens` > 0), or None (full training)."""
+    method = {}
+    if config.lora.rank != 0:
+        block = config.lora.to_dict()
+        method["lora"] = lora.to_json(lora.LoraConfig(**block))
+    if config.prompt.num_tokens != 0:
+        block = config.prompt.to_dict()
+        method["prompt"] = prompt_tuning.to_json(prompt_tuning.PromptConfig(**block))
+    if len(method) > 1:
+        raise ValueError("lora.rank and prompt.num_tokens are both set: train one method at a time")
+    if "prompt" in method and config.objective.get("pack", False):
+        raise ValueError("prompt tuning needs objective.pack=false (rows would share a prompt)")
+    return method or None
 
 
 def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
@@ -276,15 +284,21 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
     outside any trace into the same shardings."""
     state = jax.jit(lambda: nnx.split(program.create())[1], out_shardings=program.shardings)()
     if config.model.init_from:  # the base model's parameters, not the new adapters
-        params = nnx.filter_state(state[0], nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+        params = nnx.filter_state(state[0], adapters.BASE)
         target = nnx.to_pure_dict(params)  # the sharded arrays: shapes, dtypes, shardings
-        kind, where = conversion.locate(config.model.init_from, flag="model.init_from")
-        if kind == "native":  # Orbax reads each shard where it belongs
-            loaded = checkpoint.restore_params(where, target)
-        else:  # safetensors are read whole on the host, then laid out
+        source = config.model.init_from
+        kind, where = conversion.locate(source, flag="model.init_from")
+        if kind == "native" and not checkpoint.load_json_item(where, checkpoint.ADAPTERS):
+            loaded = checkpoint.restore_params(where, target)  # each shard where it belongs
+        else:  # safetensors, or an adapted run's base (LoRA merged): read on the host, laid out
             runtime = {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
-            source = nnx.to_pure_dict(nnx.state(hf.from_pretrained(where, **runtime), nnx.Param))
-            loaded = jax.device_put(source, jax.tree.map(lambda x: x.sharding, target))
+            model = conversion.load_model(source, flag="model.init_from", **runtime)
+            if lora.config_of(model) is not None:
+                lora.merge(model)
+            base = nnx.state(model, adapters.BASE)
+            loaded = jax.device_put(
+                nnx.to_pure_dict(base), jax.tree.map(lambda x: x.sharding, target)
+            )
         nnx.replace_by_pure_dict(params, loaded)
         nnx.update(state[0], params)
     return state
@@ -345,7 +359,7 @@ def make_pipeline(
     ds = data.make_dataset(
         records,
         tokenizer=tok,
-        fields=objective.fields(config.data.input_field, config.data.target_field),
+        fields=input_fields(config, objective, records),
         stages=lambda shard: objective.make_stages(
             tok, seed=config.train.seed + 7919 * shard, **options
         )[0],
@@ -359,6 +373,22 @@ def make_pipeline(
         process_count=jax.process_count(),
     )
     return ds, counter
+
+
+def input_fields(config, objective, records: list[dict]) -> dict:
+    """The objective's {feature: record field}; with `data.template`, the feature that reads
+    `data.input_field` gets the template's prompt around that field's text instead."""
+    d = config.data
+    fields = objective.fields(d.input_field, d.target_field)
+    if not d.template:
+        return fields
+    template = prompts.get_template(d.template)
+    data.check_fields(records, [d.input_field])
+
+    def render(record: dict) -> str:
+        return template.render({template.truncate_field: record[d.input_field]}, with_answer=False)
+
+    return {k: render if f == d.input_field else f for k, f in fields.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, objective) -> dict:
@@ -383,8 +413,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
         eval_ds = make_pipeline(config, objective, tok, eval_spec, train=False, stats=stats)[0]
     state = init_state(program, config)
     model, _ = nnx.merge(program.graphdef, state)
-    if lora.config_of(model) is not None:
-        log.info("LoRA %s: %s", lora.config_of(model), lora.describe(model))
+    method = adapters.spec(model)
+    if method is not None:
+        log.info("%s: %s", method, lora.describe(model, trainable=program.trainable))
     log.info("optimizer state: %d bytes", sum(x.nbytes for x in jax.tree.leaves(state[1])))
     if mesh.size > 1:
         fraction = rules_lib.fraction_sharded(state[0], shardings[0])
@@ -422,6 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
             model_config=program.model_config,
             data_iterator=train_iter,
             run_config=config.to_dict(),
+            adapters=method,
         )
 
     # ---- loop
@@ -453,9 +485,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
 
     evaluate = None
     if eval_ds is not None:
-        evaluate = lambda state: _evaluate(
-            eval_step, to_global, state[0], eval_ds, config.train.eval_steps
-        )
+        generated = generation_eval(config, objective, program, tok, eval_spec)
+
+        def evaluate(state) -> dict:
+            out = _evaluate(eval_step, to_global, state[0], eval_ds, config.train.eval_steps)
+            return out if generated is None else {**out, **generated(state[0])}
+
     cadence = loop.Cadence(
         total_steps=config.train.steps,
         log_every=config.train.log_every,
@@ -484,14 +519,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
 
     nnx.update(model, result.state[0])
     model.eval()
-    adapter = workdir / "adapter"  # the adapters alone, for lora.load / lora.to_peft
-    if lora.config_of(model) is not None and not result.preempted:
+    adapter = workdir / "adapter"  # the adapter alone, for adapters.load / to_peft
+    if method is not None and not result.preempted:
         if not adapter.is_dir() or checkpoint.latest_step(adapter) != result.step:
-            lora.save(model, adapter, step=result.step)
+            adapters.save(model, adapter, step=result.step)
     # The example runs outside the mesh on host inputs: single-process runs only.
     if not result.preempted and eval_ds is not None and jax.process_count() == 1:
         print(objective.describe_example(model, tok, next(iter(eval_ds))))
     return result.metrics
+
+
+def generation_eval(config, objective, program: Program, tok, spec: data.DataSpec):
+    """`model_state -> {eval_rouge1, ..., eval_bleu}` from greedy generation on the first
+    `train.generate_examples` records of `spec` (`icl.score_generation`), or None when off."""
+    n = config.train.generate_examples
+    if not n:
+        return None
+    if not models.assembly(program.model_config).generates:
+        raise ValueError(
+            f"train.generate_examples={n}: a {program.model_config.architecture} model does "
+            "not generate; set it to 0"
+        )
+    if jax.process_count() > 1:
+        log.warning("train.generate_examples is single-process only; off in this run")
+        return None
+    from t5x_lite import icl
+
+    records = data.read_records(spec)[:n]
+    options, _ = loss_options(config, objective)
+    d = config.data
+
+    def generated(model_state) -> dict:
+        scores = icl.score_generation(
+            nnx.merge(program.eval_graphdef, model_state),
+            tok,
+            records,
+            template=d.template or "bare",
+            input_field=d.input_field,
+            target_field=d.target_field,
+            max_length=options.get("inputs_length", 512),
+            max_new_tokens=options.get("targets_length") or 64,
+        )
+        return {f"eval_{k}": v for k, v in scores.items() if k != "num_examples"}
+
+    return generated
 
 
 def _under(mesh, rules, fn):

@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from t5x_lite import checkpoint, config, corpus, decoding, icl, main, models, prompts
 
 ROW_KEYS = {
-    "shots", "rouge1", "rouge2", "rougeL", "rougeLsum", "mean_shots_fit", "num_examples",
+    "shots", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "mean_shots_fit", "num_examples",
     "num_truncated", "num_skipped", "template", "max_length", "max_new_tokens", "min_new_tokens",
     "temperature",
     "top_k", "top_p", "num_beams", "length_penalty", "seed", "target_fields", "examples",

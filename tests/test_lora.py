@@ -19,7 +19,7 @@ from flax import nnx
 from hf_reference import save_random_t5
 
 import objectives
-from t5x_lite import config, hf, lora, models, train
+from t5x_lite import config, conversion, hf, lora, models, train
 
 REPO = Path(__file__).resolve().parent.parent
 HF = dict(vocab_size=101, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
@@ -259,8 +259,26 @@ def test_lora_training_lowers_the_loss_and_saves_the_adapter(tmp_path):
     train.train_and_evaluate(run_config, str(tmp_path), objectives.get("seq2seq"))
     losses = _losses(tmp_path)
     assert losses[-1] < losses[0]
+    # The base stayed the random init it started from (made here eagerly, there under jit:
+    # equal to float32 rounding), so that init plus the saved adapters is the trained model,
+    # as the workdir's checkpoint gives it back.
     base = models.build(config.get_preset("t5-tiny"), seed=0)
-    assert lora.config_of(lora.load(base, tmp_path / "adapter")).rank == 4
+    base.eval()
+    adapted = lora.load(base, tmp_path / "adapter")
+    trained = conversion.load_model(tmp_path)
+    assert lora.config_of(trained).rank == 4
+    ids = np.arange(2, 14, dtype=np.int32).reshape(2, 6)
+    chex.assert_trees_all_close(
+        np.asarray(trained(ids, ids)), np.asarray(adapted(ids, ids)), atol=1e-5, rtol=1e-5
+    )
+    # Exported to HF, the adapters are merged into the weights transformers reads.
+    conversion.native_to_hf(tmp_path, tmp_path / "hf")
+    reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(ids))
+    chex.assert_trees_all_close(
+        np.asarray(trained(ids, ids)), expected.logits.numpy(), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_an_interrupted_lora_run_resumes_exactly(tmp_path):

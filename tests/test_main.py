@@ -203,7 +203,7 @@ def test_icl_command_on_a_training_workdir(workdir, tmp_path):
     assert all(r["num_examples"] == 2 and r["max_new_tokens"] == 4 for r in rows)
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| shots | ROUGE-1 |") and len(table) == 4
-    assert [line.split("|")[7].strip() for line in table[2:]] == ["2", "2"]  # examples
+    assert [line.split("|")[8].strip() for line in table[2:]] == ["2", "2"]  # examples
 
 
 def test_generate_on_a_workdir_honours_dtype(workdir, capsys):
