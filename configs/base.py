@@ -119,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.99
     c.optim.grad_clip = 1.0  # global-norm clipping; 0 disables
+    c.optim.adafactor_parameter_scale = False  # Adafactor steps relative to each weight's RMS
     c.optim.grad_accum_steps = 1  # micro-batches per optimizer step
 
     c.train = ml_collections.ConfigDict()

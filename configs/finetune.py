@@ -31,22 +31,26 @@ def get_config(arg=None):
     c.data.template = "summarize"
     tiny = size == "tiny"
     c.objective = base.objective(
-        "seq2seq", inputs_length=128 if tiny else 512, targets_length=32 if tiny else 128
+        "seq2seq", inputs_length=256 if tiny else 512, targets_length=64 if tiny else 128
     )
     c.train.steps = 300 if tiny else 2000
     c.train.batch_size = 32 if tiny else 64
     c.train.eval_every = 100 if tiny else 500
+    c.train.generate_examples = 64  # eval_rouge*/eval_bleu at each eval step (t5x-lite compare)
     c.checkpoint.every = c.train.eval_every
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 0
     if method == "full":
-        c.optim.name = "adafactor"
+        c.optim.name = "adafactor"  # T5X's fine-tuning: steps relative to each weight's scale
+        c.optim.adafactor_parameter_scale = True
         c.optim.learning_rate = 1e-3
+        c.optim.weight_decay = 0.0
     elif method == "prompt":
         c.prompt.num_tokens = 20
         c.objective.pack = False  # one prompt per row
         c.optim.name = "adafactor"
         c.optim.learning_rate = 0.3
+        c.optim.weight_decay = 0.0
     else:
         c.lora.rank = 8
         c.lora.alpha = 16.0

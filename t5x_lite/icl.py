@@ -99,8 +99,8 @@ def score_generation(
     batch_size: int = 8,
 ) -> dict[str, float]:
     """Zero-shot generation on `records` (`input_field`'s text in `template`), scored against
-    `target_field`: ROUGE-1/2/L/Lsum, BLEU and the number of examples, as fine-tuning's
-    evaluation reports them (greedy decoding)."""
+    `target_field`: ROUGE-1/2/L/Lsum, BLEU, the number of examples and how many inputs were
+    cut to fit `max_length`, as fine-tuning's evaluation reports them (greedy decoding)."""
     template = prompts.get_template(template)
     queries = []
     for record in records:
@@ -118,18 +118,24 @@ def score_generation(
                 "_position": record.get("_position"),
             }
         )
-    (row,) = evaluate(
-        model,
-        tokenizer,
-        queries,
-        shots=[0],
-        pool=queries[:1],
-        template=template,
-        max_length=max_length,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    return {k: row[k] for k in (*ROUGE_TYPES, "bleu", "num_examples")}
+    quiet = logging.getLogger(prompts.__name__)  # one line per cut input is too many here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        (row,) = evaluate(
+            model,
+            tokenizer,
+            queries,
+            shots=[0],
+            pool=queries[:1],
+            template=template,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+    finally:
+        quiet.setLevel(level)
+    return {k: row[k] for k in (*ROUGE_TYPES, "bleu", "num_examples", "num_truncated")}
 
 
 def evaluate(

@@ -8,6 +8,7 @@ t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped token
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
 t5x-lite icl [--model DIR] [--data embedded|FILE] [--shots 0,1,2] [--out DIR]  # ROUGE
 t5x-lite eval --model DIR [--adapter DIR] [--data embedded|FILE]   # ROUGE + BLEU, one row
+t5x-lite compare --workdirs A B C [--out DIR]        # fine-tuning runs side by side: report.md
 """
 
 from __future__ import annotations
@@ -183,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-length", type=int, default=512, help="input window in tokens")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+
+    cmp = sub.add_parser("compare", help="fine-tuning runs side by side: report.md and plots")
+    cmp.add_argument("--workdirs", nargs="+", required=True, help="`t5x-lite train` workdirs")
+    cmp.add_argument("--out", default="runs/compare", help="writes report.md and PNG plots here")
+    cmp.add_argument(
+        "--batches", type=int, default=4, help="pre-training eval batches (forgetting check)"
+    )
     return parser
 
 
@@ -385,6 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {markdown} and {jsonl}")
     elif args.command == "eval":
         _eval(args)
+    elif args.command == "compare":
+        import objectives
+        from t5x_lite import report
+
+        path = report.compare(
+            args.workdirs, args.out, objective_of=objectives.get, num_batches=args.batches
+        )
+        print(path.read_text())
+        print(f"wrote {path}")
     return 0
 
 

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from t5x_lite import data, flops, models, train
+from t5x_lite import data, flops, models, resolve, train
 from t5x_lite.config import ModelConfig
 
 
@@ -85,10 +85,10 @@ def _abstract_with_shardings(abstract: nnx.State, shardings: nnx.State) -> nnx.S
 
 def analyze(config: ml_collections.ConfigDict, objective) -> dict:
     """Analytic and XLA numbers for one step of `config` (see the module docstring)."""
-    tok = train.load_tokenizer(config)
+    tok = resolve.load_tokenizer(config)
     program = train.make_program(config, objective, tok.vocab_size)
     cfg, mesh = program.model_config, program.mesh
-    spec = train.data_spec(config, train=True)
+    spec = resolve.data_spec(config, train=True)
     ds, _ = train.make_pipeline(config, objective, tok, spec, train=True, stats=data.ReadStats())
     local = next(iter(ds))
     batch = {
@@ -121,8 +121,8 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         "preset": config.model.preset
         + "".join(
             f" {k}={v}"
-            for k, v in train.model_overrides(config).items()
-            if k not in train.RUNTIME_FIELDS
+            for k, v in resolve.model_overrides(config).items()
+            if k not in resolve.RUNTIME_FIELDS
         ),
         "mesh": dict(mesh.shape),
         "devices": mesh.size,

@@ -12,6 +12,7 @@ Schedules (step s, peak lr, warmup w, total n, end fraction e):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -62,8 +63,11 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     grad_clip: float = 0.0,
+    adafactor_parameter_scale: bool = False,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(gradient transformation, schedule): clipping, then AdamW or Adafactor."""
+    """(gradient transformation, schedule): clipping, then AdamW or Adafactor.
+    `adafactor_parameter_scale`: Adafactor's steps relative to each parameter's RMS (T5X's
+    fine-tuning default) rather than absolute."""
     if name not in OPTIMIZERS:
         raise ValueError(
             f"optim.name={name!r} is not supported; expected one of {', '.join(OPTIMIZERS)}"
@@ -78,13 +82,28 @@ def make_optimizer(
     if name == "adamw":
         tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
-        # T5's Adafactor: factored second moments, no momentum, update clipping at 1.0.
+        # T5's Adafactor: factored second moments, no momentum, update clipping at 1.0. Weight
+        # decay as AdamW's, lr(step) * weight_decay * param: optax's own `weight_decay_rate`
+        # would take weight_decay * param off every step, whatever the learning rate.
         tx = optax.adafactor(
-            lr,
-            clipping_threshold=1.0,
-            multiply_by_parameter_scale=False,
-            weight_decay_rate=weight_decay or None,
+            lr, clipping_threshold=1.0, multiply_by_parameter_scale=adafactor_parameter_scale
         )
+        if weight_decay > 0:
+            tx = optax.chain(tx, _decoupled_weight_decay(weight_decay, lr))
     if grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
     return tx, lr
+
+
+def _decoupled_weight_decay(rate: float, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Subtract schedule(step) * rate * param from the (already signed) updates."""
+
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        step = schedule(state.count) * rate
+        updates = jax.tree.map(lambda u, p: u - step * p, updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)

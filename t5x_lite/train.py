@@ -16,9 +16,8 @@ here: everything below receives plain values.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,111 +38,17 @@ from t5x_lite import (
     lora,
     models,
     optim,
-    prompt_tuning,
-    prompts,
+    resolve,
     run_config,
     steps,
 )
 from t5x_lite import config as config_lib
 from t5x_lite import metrics as metrics_lib
-from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
 NonFiniteLossError = loop.NonFiniteLossError  # raised by the loop; here for callers' imports
-
-
-def load_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-    """The run's tokenizer: `tokenizer.path`, else the one `model.init_from` travels with
-    (`conversion.tokenizer_dir`), else the shipped one. Given both, they must be the same."""
-    source = config.model.init_from
-    own = conversion.tokenizer_dir(source) if source else None
-    if not config.tokenizer.path:
-        return tokenizer_lib.load(own or conversion.default_tokenizer_dir())
-    tok = tokenizer_lib.load(config.tokenizer.path)
-    if own is not None and tokenizer_lib.load(own).checksum != tok.checksum:
-        raise ValueError(
-            f"tokenizer.path={config.tokenizer.path!r} is not the tokenizer model.init_from="
-            f"{source!r} was trained with ({own}); leave tokenizer.path empty to use that one"
-        )
-    return tok
-
-
-def keep_tokenizer(workdir: Path, tok: tokenizer_lib.Tokenizer) -> None:
-    """Save the run's tokenizer as `workdir/tokenizer`, so the workdir is a whole model
-    directory wherever it is read from; a resumed run must use the same tokenizer."""
-    saved = workdir / "tokenizer"
-    if saved.is_dir():
-        if tokenizer_lib.load(saved).checksum != tok.checksum:
-            raise ValueError(
-                f"{workdir} was trained with the tokenizer in {saved}, not {tok.source} "
-                "(tokenizer.path); resume with that one or start a new workdir"
-            )
-    elif jax.process_index() == 0:
-        tmp = workdir / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save(tmp)
-        os.replace(tmp, saved)  # whole or absent, never half written
-
-
-# ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate")
-VOCAB_MULTIPLE = 128  # T5 pads its 32,100 ids to 32,128
-
-
-def model_overrides(config: ml_collections.ConfigDict) -> dict:
-    """The ModelConfig fields `config.model` sets (a None keeps the preset's), type-checked."""
-    fields = {f.name: f for f in dataclasses.fields(config_lib.ModelConfig)}
-    overrides = {}
-    for key, value in config.model.to_dict().items():
-        if key in ("preset", "init_from") or value is None:
-            continue
-        if key not in fields:
-            raise ValueError(
-                f"model.{key} is not a ModelConfig field; the model block takes preset, "
-                f"init_from and {', '.join(fields)}"
-            )
-        default = fields[key].default
-        want = int if default is None else type(default)  # num_decoder_layers: int | None
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise ValueError(f"model.{key}={value!r}: expected a {want.__name__}")
-        overrides[key] = value
-    return overrides
-
-
-def padded_vocab_size(num_ids: int) -> int:
-    """`num_ids` rounded up to a multiple of `VOCAB_MULTIPLE` (32,100 -> 32,128)."""
-    return -(-num_ids // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
-    """The ModelConfig a run trains: `model.preset` with the `model.*` fields set on top, or
-    `model.init_from`'s (a workdir, native checkpoint or HF directory) with its runtime fields.
-    `vocab_size` is the tokenizer's number of ids; it must fit in the model's vocabulary."""
-    overrides = model_overrides(config)
-    source = config.model.init_from
-    if source:
-        fixed = [k for k in overrides if k not in RUNTIME_FIELDS]
-        if fixed:
-            raise ValueError(
-                f"model.{fixed[0]} cannot be set with model.init_from={source!r}, whose weights "
-                f"fix it; on top of a checkpoint only model.{', model.'.join(RUNTIME_FIELDS)} apply"
-            )
-        cfg = conversion.model_config(source, flag="model.init_from", **overrides)
-    else:
-        if "vocab_size" not in overrides and config.tokenizer.path:
-            overrides["vocab_size"] = padded_vocab_size(vocab_size)
-        cfg = config_lib.get_preset(config.model.preset, **overrides)
-    if vocab_size > cfg.vocab_size:
-        origin = f"init_from={source!r}" if source else f"preset={config.model.preset!r}"
-        raise ValueError(
-            f"the tokenizer (tokenizer.path={config.tokenizer.path or '(shipped)'!r}) has "
-            f"{vocab_size} ids but the model (model.{origin}) has model.vocab_size="
-            f"{cfg.vocab_size}; set model.vocab_size >= {vocab_size} or use a tokenizer that fits"
-        )
-    return cfg
+FACTS = "run_facts.json"  # what the run trains: method, parameter counts, optimizer-state bytes
 
 
 @dataclasses.dataclass
@@ -170,15 +75,6 @@ class Program:
         }
 
 
-def loss_options(config: ml_collections.ConfigDict, objective) -> tuple[dict, dict]:
-    """(the objective's validated options, loss keyword arguments) from `config.objective`; a
-    key the objective does not have is a ValueError naming it."""
-    block = config.objective.to_dict()
-    loss_kwargs = dict(z_loss=block.pop("z_loss"), label_smoothing=block.pop("label_smoothing"))
-    block.pop("name")
-    return dataclasses.asdict(objective.options(**block)), loss_kwargs
-
-
 def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) -> Program:
     """Mesh, optimizer, abstract state and its shardings, and the jitted train / eval steps."""
     mesh = mesh_lib.make_mesh(
@@ -197,10 +93,11 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
         b1=config.optim.b1,
         b2=config.optim.b2,
         grad_clip=config.optim.grad_clip,
+        adafactor_parameter_scale=config.optim.adafactor_parameter_scale,
     )
 
-    cfg = model_config(config, vocab_size)
-    method = adapter_method(config)
+    cfg = resolve.model_config(config, vocab_size)
+    method = resolve.adapter_method(config)
     trainable = adapters.trainable(method)
 
     def create():  # random init; `init_state` then reads `model.init_from`'s weights over it
@@ -222,7 +119,7 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     eval_graphdef = nnx.graphdef(abstract_model)
     batch_sharding = rules_lib.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    _, loss_kwargs = loss_options(config, objective)
+    _, loss_kwargs = resolve.loss_options(config, objective)
     train_step = jax.jit(
         _under(
             mesh,
@@ -261,23 +158,6 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     )
 
 
-def adapter_method(config: ml_collections.ConfigDict) -> dict | None:
-    """The parameter-efficient method the run trains (an `adapters.spec`), validated: LoRA
-    (`lora.rank` > 0), prompt tuning (`prompt.num_tokens` > 0), or None (full training)."""
-    method = {}
-    if config.lora.rank != 0:
-        block = config.lora.to_dict()
-        method["lora"] = lora.to_json(lora.LoraConfig(**block))
-    if config.prompt.num_tokens != 0:
-        block = config.prompt.to_dict()
-        method["prompt"] = prompt_tuning.to_json(prompt_tuning.PromptConfig(**block))
-    if len(method) > 1:
-        raise ValueError("lora.rank and prompt.num_tokens are both set: train one method at a time")
-    if "prompt" in method and config.objective.get("pack", False):
-        raise ValueError("prompt tuning needs objective.pack=false (rows would share a prompt)")
-    return method or None
-
-
 def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State:
     """The (model, optimizer) state laid out over the mesh, computed shard by shard on the
     devices; with `model.init_from`, its parameters then replaced by the source's, read
@@ -291,7 +171,7 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
         if kind == "native" and not checkpoint.load_json_item(where, checkpoint.ADAPTERS):
             loaded = checkpoint.restore_params(where, target)  # each shard where it belongs
         else:  # safetensors, or an adapted run's base (LoRA merged): read on the host, laid out
-            runtime = {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
+            runtime = resolve.runtime_overrides(config)
             model = conversion.load_model(source, flag="model.init_from", **runtime)
             if lora.config_of(model) is not None:
                 lora.merge(model)
@@ -304,45 +184,6 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
     return state
 
 
-def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpec | None:
-    """What to read for training, or for eval (None: eval is off, and the log says why).
-    Eval reads `data.eval_path` if set, else `data.eval_split` of the training source; a
-    single-file `data.path` has no eval split, so there it needs `data.eval_path`."""
-    d = config.data
-    common = dict(
-        input_field=d.input_field, target_field=d.target_field, skip_bad_records=d.skip_bad_records
-    )
-    if train:
-        return data.DataSpec(d.source, d.path, d.split, **common)
-    if d.eval_path:
-        if d.source in ("hf", "tfds"):
-            raise ValueError(
-                f"data.eval_path is for file sources; data.source={d.source!r} evaluates on "
-                "data.eval_split"
-            )
-        split = d.eval_split or "validation"
-        return data.DataSpec(
-            "jsonl",
-            d.eval_path,
-            split,
-            **common,
-            path_key="data.eval_path",
-            split_key="data.eval_split",
-        )
-    if not d.eval_split:
-        log.info("eval is off: data.eval_split and data.eval_path are empty")
-        return None
-    if d.source == "jsonl" and data.is_single_file(d.path):
-        log.warning(
-            "eval is off: data.path=%s is one file, with no %r split; set data.eval_path to a "
-            "held-out file (or to data.path to evaluate on the training file)",
-            d.path,
-            d.eval_split,
-        )
-        return None
-    return data.DataSpec(d.source, d.path, d.eval_split, **common, split_key="data.eval_split")
-
-
 def make_pipeline(
     config, objective, tok, spec: data.DataSpec, *, train: bool, stats: data.ReadStats
 ):
@@ -352,14 +193,14 @@ def make_pipeline(
             f"train.batch_size={config.train.batch_size} is not divisible by the "
             f"number of processes ({jax.process_count()})"
         )
-    options, _ = loss_options(config, objective)
+    options, _ = resolve.loss_options(config, objective)
     records = data.read_records(spec, stats)
     _, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
     counter = data.TruncationCounter(max_tokens)
     ds = data.make_dataset(
         records,
         tokenizer=tok,
-        fields=input_fields(config, objective, records),
+        fields=resolve.input_fields(config, objective, records),
         stages=lambda shard: objective.make_stages(
             tok, seed=config.train.seed + 7919 * shard, **options
         )[0],
@@ -375,22 +216,6 @@ def make_pipeline(
     return ds, counter
 
 
-def input_fields(config, objective, records: list[dict]) -> dict:
-    """The objective's {feature: record field}; with `data.template`, the feature that reads
-    `data.input_field` gets the template's prompt around that field's text instead."""
-    d = config.data
-    fields = objective.fields(d.input_field, d.target_field)
-    if not d.template:
-        return fields
-    template = prompts.get_template(d.template)
-    data.check_fields(records, [d.input_field])
-
-    def render(record: dict) -> str:
-        return template.render({template.truncate_field: record[d.input_field]}, with_answer=False)
-
-    return {k: render if f == d.input_field else f for k, f in fields.items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, objective) -> dict:
     """Train `config` in `workdir` (resuming if it holds checkpoints); returns last metrics."""
     workdir = Path(workdir or config.workdir)
@@ -399,24 +224,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(run_config.to_json(config))
 
-    tok = load_tokenizer(config)
-    keep_tokenizer(workdir, tok)
+    tok = resolve.load_tokenizer(config)
+    resolve.keep_tokenizer(workdir, tok)
     program = make_program(config, objective, tok.vocab_size)
     mesh, shardings = program.mesh, program.shardings
     stats = data.ReadStats()
     train_ds, truncation = make_pipeline(
-        config, objective, tok, data_spec(config, train=True), train=True, stats=stats
+        config, objective, tok, resolve.data_spec(config, train=True), train=True, stats=stats
     )
     train_iter = iter(train_ds)
-    eval_ds, eval_spec = None, data_spec(config, train=False)
+    eval_ds, eval_spec = None, resolve.data_spec(config, train=False)
     if eval_spec is not None:
         eval_ds = make_pipeline(config, objective, tok, eval_spec, train=False, stats=stats)[0]
     state = init_state(program, config)
     model, _ = nnx.merge(program.graphdef, state)
     method = adapters.spec(model)
-    if method is not None:
-        log.info("%s: %s", method, lora.describe(model, trainable=program.trainable))
-    log.info("optimizer state: %d bytes", sum(x.nbytes for x in jax.tree.leaves(state[1])))
+    trainable, total = lora.count(model, trainable=program.trainable)
+    facts = dict(
+        method=method,
+        trainable_params=trainable,
+        all_params=total,
+        optimizer_state_bytes=sum(x.nbytes for x in jax.tree.leaves(state[1])),
+    )
+    log.info("%s", lora.describe(model, trainable=program.trainable))
+    log.info("optimizer state: %d bytes", facts["optimizer_state_bytes"])
+    if jax.process_index() == 0:
+        (workdir / FACTS).write_text(json.dumps(facts, indent=2) + "\n")
     if mesh.size > 1:
         fraction = rules_lib.fraction_sharded(state[0], shardings[0])
         log.info(
@@ -476,6 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
         elapsed = time.perf_counter() - window["start"]
         out = dict(
             tokens_per_second=window["tokens"] * process_count / elapsed,
+            step_seconds=elapsed / max(window["steps"], 1),
             mfu=step_flops[0] * window["steps"] / elapsed / peak,
             truncated_examples=truncation.truncated,
             skipped_records=stats.skipped_records,
@@ -546,7 +380,7 @@ def generation_eval(config, objective, program: Program, tok, spec: data.DataSpe
     from t5x_lite import icl
 
     records = data.read_records(spec)[:n]
-    options, _ = loss_options(config, objective)
+    options, _ = resolve.loss_options(config, objective)
     d = config.data
 
     def generated(model_state) -> dict:
@@ -560,7 +394,14 @@ def generation_eval(config, objective, program: Program, tok, spec: data.DataSpe
             max_length=options.get("inputs_length", 512),
             max_new_tokens=options.get("targets_length") or 64,
         )
-        return {f"eval_{k}": v for k, v in scores.items() if k != "num_examples"}
+        if scores["num_truncated"]:
+            log.info(
+                "generation eval: %d of %d inputs cut to fit %d tokens",
+                scores["num_truncated"],
+                scores["num_examples"],
+                options.get("inputs_length", 512),
+            )
+        return {f"eval_{k}": scores[k] for k in (*icl.ROUGE_TYPES, "bleu")}
 
     return generated
 

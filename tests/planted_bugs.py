@@ -85,11 +85,39 @@ PLANTS = (
         ),
     ),
     Plant(
-        "attention casts its kernels with .astype, hiding its products from qwix",
-        "t5x_lite/attention.py",
-        "x, w = dtypes.promote_dtype((x, kernel[...]), dtype=self.dtype)",
-        "x, w = x.astype(self.dtype), kernel[...].astype(self.dtype)",
+        "weight products cast their kernels with .astype, hiding them from qwix",
+        "t5x_lite/layers.py",
+        "x, w = dtypes.promote_dtype((x, getattr(module, name)[...]), dtype=module.dtype)",
+        "x, w = x.astype(module.dtype), getattr(module, name)[...].astype(module.dtype)",
         ("tests/test_layers.py::test_qwix_int8_quantizes_every_weight_product",),
+    ),
+    Plant(
+        "a LoRA run trains the base weights too",
+        "t5x_lite/train.py",
+        "    trainable = adapters.trainable(method)",
+        "    trainable = nnx.Param",
+        ("tests/test_lora.py::test_a_training_step_changes_only_the_adapters",),
+    ),
+    Plant(
+        "LoRA's PEFT export lays lora_B out (r, fan_out) flattened the wrong way",
+        "t5x_lite/lora.py",
+        'tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(b.reshape(cfg.rank, -1).T)',
+        'tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(b.reshape(-1, cfg.rank))',
+        ("tests/test_lora.py::test_peft_runs_our_exported_adapter",),
+    ),
+    Plant(
+        "the soft prompt's positions are masked out",
+        "t5x_lite/layers.py",
+        "ones = jnp.ones((attention_mask.shape[0], self.num_tokens), attention_mask.dtype)",
+        "ones = jnp.zeros((attention_mask.shape[0], self.num_tokens), attention_mask.dtype)",
+        ("tests/test_prompt_tuning.py::test_peft_runs_our_exported_prompt_forward_and_generate",),
+    ),
+    Plant(
+        "Adafactor's weight decay ignores the learning rate (optax's weight_decay_rate)",
+        "t5x_lite/optim.py",
+        "        step = schedule(state.count) * rate",
+        "        step = rate",
+        ("tests/test_optim.py::test_weight_decay_is_the_learning_rate_times_the_rate",),
     ),
 )
 

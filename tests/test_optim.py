@@ -34,3 +34,21 @@ def test_unknown_names():
         optim.make_schedule("cyclic", learning_rate=1.0, warmup_steps=0, total_steps=1)
     with pytest.raises(ValueError, match="optim.name='sgd'.*adamw, adafactor"):
         optim.make_optimizer("sgd", learning_rate=1.0)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_weight_decay_is_the_learning_rate_times_the_rate(name):
+    """With zero gradients only the decay moves a weight: -lr(step) * weight_decay * w, as
+    AdamW's decoupled decay does (optax's Adafactor alone would take weight_decay * w off every
+    step, whatever the learning rate)."""
+    import jax.numpy as jnp
+
+    tx, _ = optim.make_optimizer(
+        name, learning_rate=0.1, schedule="warmup_linear", warmup_steps=4, total_steps=8,
+        weight_decay=0.01,
+    )  # fmt: skip
+    params = {"w": jnp.full((4, 3), 2.0)}
+    state = tx.init(params)
+    for step in range(3):
+        updates, state = tx.update({"w": jnp.zeros((4, 3))}, state, params)
+        np.testing.assert_allclose(updates["w"], -0.1 * step / 4 * 0.01 * 2.0, atol=1e-9)

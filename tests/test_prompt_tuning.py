@@ -14,7 +14,17 @@ from flax import nnx
 from hf_reference import save_random_t5
 
 import objectives
-from t5x_lite import adapters, config, conversion, decoding, hf, models, prompt_tuning, train
+from t5x_lite import (
+    adapters,
+    config,
+    conversion,
+    decoding,
+    hf,
+    models,
+    prompt_tuning,
+    resolve,
+    train,
+)
 
 HF = dict(vocab_size=101, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 IDS = np.array([[5, 6, 7, 8, 9, 1], [11, 12, 1, 0, 0, 0]], np.int32)
@@ -136,7 +146,7 @@ def test_prompt_tuning_refuses_packed_rows():
     overrides = ["--config.objective.name=seq2seq", "--config.prompt.num_tokens=4"]
     run_config = objectives.load_config(None, overrides)
     with pytest.raises(ValueError, match="objective.pack=false"):
-        train.adapter_method(run_config)
+        resolve.adapter_method(run_config)
 
 
 def test_a_prompt_for_another_width_names_both_shapes(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 import objectives
-from t5x_lite import checkpoint, data, hf, models, run_config, train
+from t5x_lite import checkpoint, data, hf, models, resolve, run_config, train
 from t5x_lite import config as config_lib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,8 +238,8 @@ def test_async_checkpoints_sigterm_resume_keep_and_eval(tmp_path, monkeypatch):
         r["eval_loss"] for r in b if "eval_loss" in r
     ]
     config = objectives.load_config(None, tiny_overrides(**common))
-    tok = train.load_tokenizer(config)
-    spec = train.data_spec(config, train=False)
+    tok = resolve.load_tokenizer(config)
+    spec = resolve.data_spec(config, train=False)
     eval_ds, _ = train.make_pipeline(
         config, objective, tok, spec, train=False, stats=data.ReadStats()
     )
@@ -460,7 +460,7 @@ def test_model_fields_on_top_of_the_preset_shape_it_as_transformers_does():
         "model.layer_norm_epsilon": 1,  # an int where a float is expected is fine
     }
     config = objectives.load_config(None, tiny_overrides(**fields))
-    model = models.build(train.model_config(config, vocab_size=300))
+    model = models.build(resolve.model_config(config, vocab_size=300))
     preset = config_lib.get_preset("t5-tiny")
     reference = transformers.T5ForConditionalGeneration(
         transformers.T5Config(
@@ -491,26 +491,26 @@ def test_vocabulary_is_sized_from_the_tokenizer(tmp_path):
     tok = tokenizer.train(text, tmp_path / "tok", vocab_size=300)  # 400 ids with sentinels
     config = objectives.load_config(None, tiny_overrides(**{"tokenizer.path": tmp_path / "tok"}))
     # T5 pads its 32,100 ids (32,000 pieces + 100 sentinels) to 32,128.
-    assert train.padded_vocab_size(32_100) == 32_128
-    assert train.model_config(config, tok.vocab_size).vocab_size == 512
+    assert resolve.padded_vocab_size(32_100) == 32_128
+    assert resolve.model_config(config, tok.vocab_size).vocab_size == 512
     config.model.vocab_size = 384  # set: smaller than the tokenizer is an error naming both
     with pytest.raises(ValueError, match=r"tokenizer.path=.*400 ids.*model.vocab_size=384"):
-        train.model_config(config, tok.vocab_size)
+        resolve.model_config(config, tok.vocab_size)
     config.model.vocab_size = 640  # larger is fine
-    assert train.model_config(config, tok.vocab_size).vocab_size == 640
+    assert resolve.model_config(config, tok.vocab_size).vocab_size == 640
 
 
 def test_model_field_errors_name_the_key(tmp_path):
     config = objectives.load_config(None, tiny_overrides(**{"model.d_model": "wide"}))
     with pytest.raises(ValueError, match=r"model.d_model='wide': expected a int"):
-        train.model_config(config, vocab_size=1024)
+        resolve.model_config(config, vocab_size=1024)
     with pytest.raises(KeyError, match="model.num_layers"):
         objectives.load_config(None, tiny_overrides(**{"model.num_layer": 3}))
     checkpoint.save_model(tmp_path / "ckpt", models.build(config_lib.get_preset("t5-tiny")))
     overrides = {"model.init_from": tmp_path / "ckpt", "model.num_layers": 3}
     config = objectives.load_config(None, tiny_overrides(**overrides))
     with pytest.raises(ValueError, match=r"model.num_layers cannot be set with model.init_from"):
-        train.model_config(config, vocab_size=1024)
+        resolve.model_config(config, vocab_size=1024)
 
 
 def test_eval_data_is_never_the_training_file_by_accident(tmp_path, caplog):
@@ -519,7 +519,7 @@ def test_eval_data_is_never_the_training_file_by_accident(tmp_path, caplog):
 
     def spec(**overrides):
         config = objectives.load_config(None, tiny_overrides(**overrides))
-        return train.data_spec(config, train=False)
+        return resolve.data_spec(config, train=False)
 
     with caplog.at_level("INFO", logger="t5x_lite.train"):
         assert spec(**{"data.source": "jsonl", "data.path": one}) is None
