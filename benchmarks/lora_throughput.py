@@ -14,20 +14,17 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
-from train_throughput import batch_for  # noqa: E402
+from train_throughput import batch_for, time_ours, time_torch  # noqa: E402
 
-from objectives import seq2seq  # noqa: E402
-from t5x_lite import config, hf, hostmem, lora, models, steps  # noqa: E402
+from t5x_lite import config, hf, hostmem, lora, models  # noqa: E402
 
 GOAL_RATIO = 1.0
 
@@ -36,62 +33,17 @@ def nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def time_ours(model, batch, n_steps):
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.LoRAParam)
-    graphdef, state = nnx.split((model, optimizer))
-    step = jax.jit(
-        steps.make_train_step(
-            graphdef, seq2seq.loss_fn, schedule=optax.constant_schedule(1e-4), wrt=nnx.LoRAParam
-        ),
-        donate_argnums=0,
-    )
-    batch = jax.device_put(batch)
-    state, m = step(state, batch)  # compile
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(n_steps):
-        start = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(m["loss"]), nbytes(state[1])
-
-
 def time_peft(path, batch, n_steps, rank, alpha):
     import peft
-    import torch
     import transformers
 
     base = transformers.T5ForConditionalGeneration.from_pretrained(path)
-    model = peft.get_peft_model(
-        base, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q", "v"])
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q", "v"])
+    model = peft.get_peft_model(base, config)
+    seconds, loss, _, state_bytes = time_torch(
+        model, [p for p in model.parameters() if p.requires_grad], batch, n_steps
     )
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    inputs = torch.tensor(batch["inputs"], dtype=torch.long)
-    labels = torch.tensor(batch["targets"], dtype=torch.long)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = model(input_ids=inputs, labels=labels).loss
-        loss.backward()
-        opt.step()
-        return loss
-
-    step()
-    times = []
-    for _ in range(n_steps):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
-    state_bytes = sum(
-        t.numel() * t.element_size()
-        for s in opt.state.values()
-        for t in s.values()
-        if torch.is_tensor(t) and t.dim() > 0
-    )
-    return float(np.median(times)), float(loss), state_bytes
+    return seconds, loss, state_bytes
 
 
 def main():
@@ -118,7 +70,10 @@ def main():
         peft_time, peft_loss, peft_bytes = time_peft(tmp, batch, args.steps, args.rank, args.alpha)
     lora.apply(model, lora.LoraConfig(rank=args.rank, alpha=args.alpha))
     print(lora.describe(model))
-    ours_time, ours_loss, ours_bytes = time_ours(model, batch, args.steps)
+    ours_bytes = nbytes(
+        nnx.state(nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.LoRAParam).opt_state)
+    )
+    ours_time, ours_loss, _ = time_ours(model, batch, args.steps, wrt=nnx.LoRAParam)
     tokens = args.batch * (args.inputs_length + args.targets_length)
 
     print(

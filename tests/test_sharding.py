@@ -94,7 +94,8 @@ def test_batch_not_divisible():
         rules_lib.check_batch(6, mesh_lib.make_mesh(2, 2, 2))
 
 
-def _train(workdir, devices, steps, **overrides):
+def train_on_devices(workdir, devices, steps, **overrides):
+    """`t5x-lite train` in a subprocess with `devices` fake CPU devices; its logged metrics."""
     args = {
         "objective.inputs_length": 32,
         "train.batch_size": 8,
@@ -120,8 +121,8 @@ def _train(workdir, devices, steps, **overrides):
 
 
 def test_sharded_mesh_matches_one_device(tmp_path):
-    one = _train(tmp_path / "one", 1, 6)
-    cube = _train(
+    one = train_on_devices(tmp_path / "one", 1, 6)
+    cube = train_on_devices(
         tmp_path / "cube",
         8,
         6,
@@ -131,9 +132,9 @@ def test_sharded_mesh_matches_one_device(tmp_path):
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
-    reference = _train(tmp_path / "ref", 1, 10)
-    _train(tmp_path / "run", 8, 5, **{"mesh.data": 1, "mesh.fsdp": 8})
-    resumed = _train(
+    reference = train_on_devices(tmp_path / "ref", 1, 10)
+    train_on_devices(tmp_path / "run", 8, 5, **{"mesh.data": 1, "mesh.fsdp": 8})
+    resumed = train_on_devices(
         tmp_path / "run",
         4,
         10,
@@ -156,7 +157,7 @@ def _free_port():
 
 def test_two_processes_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (gloo) train like 1 process x 4 devices, and save together."""
-    single = _train(
+    single = train_on_devices(
         tmp_path / "single", 4, 6, **{"mesh.data": 2, "mesh.fsdp": 2, "data.num_shards": 2}
     )
     port = _free_port()
