@@ -103,7 +103,7 @@ def time_torch(model, params, batch, n_steps):
         if torch.is_tensor(t) and t.dim() > 0
     )
     faults = (_minor_faults() - faults) / n_steps
-    return float(np.median(times)), float(loss), faults, state_bytes
+    return float(np.median(times)), loss.item(), faults, state_bytes
 
 
 def time_hf(path, batch, n_steps):

@@ -117,16 +117,6 @@ def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: i
     )
 
 
-def left_align(input_ids: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Move each row's real tokens to the end (stable), so the last prompt token is the last
-    column; works for right- or left-padded rows."""
-    order = jnp.argsort(attention_mask.astype(jnp.int32), axis=1, stable=True)
-    return (
-        jnp.take_along_axis(input_ids, order, axis=1),
-        jnp.take_along_axis(attention_mask, order, axis=1),
-    )
-
-
 def _embedding(cfg: ModelConfig, rngs: nnx.Rngs) -> Embed:
     """The token embedding every assembly owns (and ties to its output in T5 v1.0)."""
     return Embed(
@@ -337,23 +327,38 @@ class DecoderOnly(_Assembly):
         """-> ([causal stack over the S-token sequence], LM head tokens S)."""
         return [StackRun(cfg.num_layers, inputs_length, True)], inputs_length
 
-    def _run(self, input_ids, attention_mask, segment_ids, prefix, cache):
-        return _run_causal(
-            self.decoder, self.shared(input_ids), attention_mask, segment_ids, prefix, cache
-        )
+    def _inputs(self, input_ids, attention_mask, segment_ids, prefix):
+        """Token embeddings with the soft prompt (if any) in front, and the masks widened to
+        it: the prompt's positions are real, in segment 1 (an unpacked row's one document:
+        training with a prompt needs objective.pack=false) and part of a prefix-LM's prefix."""
+        x = self.shared(input_ids)
+        if self.prompt is None:
+            return x, attention_mask, segment_ids, prefix
+        ones = lambda like: jnp.ones((x.shape[0], self.prompt.num_tokens), like.dtype)
+        if segment_ids is not None:
+            segment_ids = jnp.concatenate([ones(segment_ids), segment_ids], axis=1)
+        if prefix is not None:
+            prefix = jnp.concatenate([ones(prefix), prefix], axis=1)
+        return self.prompt(x), self.prompt.mask(attention_mask), segment_ids, prefix
 
     def encode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
-        """(B, T) ids -> (B, T, D) final hidden states (features for value / reward heads)."""
-        return self._run(input_ids, attention_mask, segment_ids, prefix, None)[0]
+        """(B, T) ids -> (B, T, D) final hidden states (features for value / reward heads);
+        with a soft prompt, of the input's positions (the prompt's come before them)."""
+        x, mask, segments, prefix = self._inputs(input_ids, attention_mask, segment_ids, prefix)
+        hidden, _ = _run_causal(self.decoder, x, mask, segments, prefix, None)
+        return hidden if self.prompt is None else hidden[:, self.prompt.num_tokens :]
 
     def decode(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None, cache=None):
         """(B, T) ids -> (B, T, V) logits; with `cache`, `(logits, new_cache)` as in
         `EncoderDecoder.decode` (`attention_mask` is then (B, L) over cache positions, default
-        the cache's `key_mask`).
+        the cache's `key_mask`; a soft prompt is in the cache already, from `prefill`).
         `prefix` (B, T) marks prefix-LM inputs that see each other bidirectionally."""
-        hidden, new_cache = self._run(input_ids, attention_mask, segment_ids, prefix, cache)
-        logits = self.logits(hidden)
-        return logits if cache is None else (logits, new_cache)
+        if cache is None:
+            hidden = self.encode(input_ids, attention_mask, segment_ids=segment_ids, prefix=prefix)
+            return self.logits(hidden)
+        x = self.shared(input_ids)
+        hidden, cache = _run_causal(self.decoder, x, attention_mask, segment_ids, prefix, cache)
+        return self.logits(hidden), cache
 
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, prefix=None):
         return self.decode(input_ids, attention_mask, segment_ids=segment_ids, prefix=prefix)
@@ -367,13 +372,16 @@ class DecoderOnly(_Assembly):
         """Generation's prompt pass: the prompts are left-aligned (real tokens last; the relative
         position bias sees only distances, so the shift is invisible) and fed in one pass into a
         cache with room for `max_new_tokens` more. -> (logits of the first new token, cache)."""
-        input_ids, attention_mask = left_align(input_ids, attention_mask)
-        batch = input_ids.shape[0]
+        x, attention_mask, _, _ = self._inputs(input_ids, attention_mask, None, None)
+        order = jnp.argsort(attention_mask.astype(jnp.int32), axis=1, stable=True)
+        x = jnp.take_along_axis(x, order[..., None], axis=1)  # a soft prompt moves with its row
+        attention_mask = jnp.take_along_axis(attention_mask, order, axis=1)
+        batch = x.shape[0]
         new = jnp.ones((batch, max_new_tokens), attention_mask.dtype)
         key_mask = jnp.concatenate([attention_mask, new], axis=1)
         cache = self.init_cache(batch, key_mask.shape[1], key_mask)
-        logits, cache = self.decode(input_ids, cache=cache)
-        return logits[:, -1], cache
+        hidden, cache = _run_causal(self.decoder, x, None, None, None, cache)
+        return self.logits(hidden)[:, -1], cache
 
     def step(self, tokens: jax.Array, cache: DecodingCache):
         """One token per row (B,) through the cached decoder -> (next logits (B, V), cache)."""

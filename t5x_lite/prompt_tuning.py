@@ -1,6 +1,6 @@
 """Prompt tuning (Lester et al., 2021): n trainable virtual-token embeddings before the encoder
-input, everything else frozen; saved on their own, and in Hugging Face PEFT's PROMPT_TUNING
-format for `SEQ_2_SEQ_LM` both ways.
+input (or a decoder-only model's prompt), everything else frozen; saved on their own, and in
+Hugging Face PEFT's PROMPT_TUNING format for `SEQ_2_SEQ_LM` both ways.
 
     from t5x_lite import prompt_tuning
     model = prompt_tuning.apply(model, prompt_tuning.PromptConfig(num_tokens=20))
@@ -8,12 +8,15 @@ format for `SEQ_2_SEQ_LM` both ways.
     prompt_tuning.save(model, "prompt/");  model = prompt_tuning.load(base, "prompt/")
     prompt_tuning.to_peft(model, "peft/"); model = prompt_tuning.from_peft(base, "peft/")
 
-The prompt is a `layers.SoftPrompt` on the model (`model.prompt`): `encode` puts it before the
-input's embeddings and `input_mask` marks its positions real, so training and generation (the
-cross-attention cache included) see it. Its initial rows are the embeddings of distinct token
-ids sampled from the first `init_vocab` ids, as Lester et al. sample from the 5,000 most common
-tokens (T5's SentencePiece ids are roughly ordered by frequency). Encoder-decoder models only;
-packed inputs are refused (rows would share one prompt).
+The prompt is a `layers.SoftPrompt` on the model (`model.prompt`). An encoder-decoder's `encode`
+puts it before the input's embeddings and `input_mask` marks its positions real, so training
+and generation (the cross-attention cache included) see it; a decoder-only model puts it before
+its input (and its prefix, for prefix-LM), returns logits for the input's positions, and
+`prefill` writes it into the KV cache with the prompt. Its initial rows are the embeddings of
+distinct token ids sampled from the first `init_vocab` ids, as Lester et al. sample from the
+5,000 most common tokens (T5's SentencePiece ids are roughly ordered by frequency). Packed
+inputs are refused (rows would share one prompt). PEFT's format is for encoder-decoders: a
+decoder-only T5 has no Hugging Face model to load it onto.
 """
 
 from __future__ import annotations
@@ -60,11 +63,7 @@ def from_json(fields: dict) -> PromptConfig:
 
 def apply(model: models.Model, cfg: PromptConfig, *, seed: int = 0) -> models.Model:
     """Put a new soft prompt before `model`'s encoder input (in place; returned)."""
-    if not isinstance(model, models.EncoderDecoder):
-        raise ValueError(
-            f"prompt tuning is built for encoder-decoder models; this one is "
-            f"{model.config.architecture}"
-        )
+    _check_kind(model, "")
     if model.prompt is not None:
         raise ValueError("the model has a soft prompt already")
     vocab = min(cfg.init_vocab, model.config.vocab_size)
@@ -97,9 +96,17 @@ def _table(model) -> np.ndarray:
     return np.asarray(jax.device_get(model.prompt.embedding[...]), np.float32)
 
 
+def _check_kind(model, where, kinds=(models.EncoderDecoder, models.DecoderOnly)) -> None:
+    if not isinstance(model, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(
+            f"{where}{': ' if where else ''}a soft prompt goes on a {names} model; this one is "
+            f"{model.config.architecture}"
+        )
+
+
 def _check(model, table: np.ndarray, where) -> None:
-    if not isinstance(model, models.EncoderDecoder):
-        raise ValueError(f"{where}: a soft prompt needs an encoder-decoder model")
+    _check_kind(model, where)
     want = model.config.d_model
     if table.ndim != 2 or table.shape[1] != want:
         raise ValueError(
@@ -127,6 +134,7 @@ def load(model: models.Model, directory: str | os.PathLike) -> models.Model:
 def to_peft(model: models.Model, directory: str | os.PathLike, *, base_model: str = "") -> Path:
     """PEFT's PROMPT_TUNING adapter (`SEQ_2_SEQ_LM`, one transformer submodule: the prompt goes
     before the encoder input, as PEFT's seq2seq prompt tuning uses it)."""
+    _check_kind(model, directory, (models.EncoderDecoder,))
     table = _table(model)
     cfg = model.config
     peft_config = {
@@ -151,5 +159,6 @@ def from_peft(model: models.Model, directory: str | os.PathLike) -> models.Model
         raise ValueError(f"{weights_path}: no 'prompt_embeddings' tensor; has {sorted(stored)}")
     n = int(peft["num_virtual_tokens"])
     table = stored["prompt_embeddings"][:n]  # the encoder's rows; a decoder's, if any, follow
+    _check_kind(model, weights_path, (models.EncoderDecoder,))
     _check(model, table, weights_path)
     return _set(model, PromptConfig(num_tokens=n), table)

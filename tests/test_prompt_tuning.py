@@ -82,6 +82,59 @@ def test_a_prompt_peft_saved_imports_here(tmp_path):
     )
 
 
+@pytest.mark.parametrize("preset", ["t5-tiny", "decoder-tiny"])
+def test_a_soft_prompt_of_token_embeddings_is_that_hard_prompt(preset):
+    """The relative position bias sees distances only, so a soft prompt set to the embeddings
+    of ids P is the model fed P before its input: the same logits, the same greedy tokens."""
+    hard = np.array([7, 8, 9], np.int32)
+    plain = models.build(config.get_preset(preset), seed=0)
+    soft = prompt_tuning.apply(
+        models.build(config.get_preset(preset), seed=0), prompt_tuning.PromptConfig(3)
+    )
+    soft.prompt.embedding[...] = soft.shared.embedding[...][hard]
+    plain.eval(), soft.eval()
+    ids = np.array([[5, 6, 7, 1, 0, 0], [11, 12, 13, 14, 15, 1]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+    hard_ids = np.concatenate([np.tile(hard, (2, 1)), ids], axis=1)
+    hard_mask = np.concatenate([np.ones((2, 3), np.int32), mask], axis=1)
+    if preset == "t5-tiny":
+        got = soft(ids, DEC, attention_mask=mask)
+        want = plain(hard_ids, DEC, attention_mask=hard_mask)
+    else:
+        got, want = soft(ids, mask), plain(hard_ids, hard_mask)[:, 3:]
+    chex.assert_trees_all_close(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    generate = lambda m, x, k: np.asarray(
+        decoding.generate(m, x, attention_mask=k, max_new_tokens=5, eos_id=1)[0]
+    )
+    np.testing.assert_array_equal(generate(soft, ids, mask), generate(plain, hard_ids, hard_mask))
+
+
+def test_decoder_only_prompt_training_moves_only_the_prompt():
+    overrides = [
+        "--config.objective.pack=false",
+        "--config.objective.inputs_length=32",
+        "--config.train.batch_size=8",
+        "--config.optim.schedule=constant",
+        "--config.prompt.num_tokens=4",
+    ]
+    run_config = objectives.load_config("configs/decoder_clm.py", overrides)
+    program = train.make_program(run_config, objectives.get("causal_lm"), vocab_size=1024)
+    state = train.init_state(program, run_config)
+    flat = lambda s: {
+        "/".join(map(str, k)): np.array(v[...], copy=True)
+        for k, v in nnx.to_flat_state(nnx.filter_state(s, nnx.Param))
+    }
+    before = flat(state[0])
+    ids = np.tile(np.arange(2, 34, dtype=np.int32), (8, 1))
+    ids[:, 20:] = 0  # padded rows: the prompt must handle masks
+    batch = {"inputs": np.roll(ids, 1, axis=1), "targets": ids, "segment_ids": (ids != 0) * 1}
+    state, metrics = program.train_step(state, program.to_global(batch))
+    after = flat(state[0])
+    changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert changed == ["prompt/embedding"], changed[:5]
+    assert np.isfinite(float(metrics["loss"]))
+
+
 def test_the_prompt_starts_as_sampled_vocabulary_embeddings(tmp_path):
     model = _prompted(tmp_path, num_tokens=7)
     table = np.asarray(model.prompt.embedding[...])
@@ -136,10 +189,15 @@ def test_prompt_training_changes_only_the_prompt_and_the_workdir_keeps_it(tmp_pa
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_a_prompt_needs_an_encoder_decoder():
-    model = models.build(config.get_preset("decoder-tiny"), seed=0)
-    with pytest.raises(ValueError, match="encoder-decoder models; this one is decoder_only"):
+def test_a_prompt_needs_a_generating_model():
+    model = models.build(config.get_preset("encoder-tiny"), seed=0)
+    with pytest.raises(ValueError, match="EncoderDecoder or DecoderOnly model; this one is enc"):
         prompt_tuning.apply(model, prompt_tuning.PromptConfig())
+    decoder = prompt_tuning.apply(
+        models.build(config.get_preset("decoder-tiny"), seed=0), prompt_tuning.PromptConfig()
+    )
+    with pytest.raises(ValueError, match="goes on a EncoderDecoder model; this one is decoder"):
+        prompt_tuning.to_peft(decoder, "unused")
 
 
 def test_prompt_tuning_refuses_packed_rows():
