@@ -73,6 +73,14 @@ def test_cadence(tmp_path, start):
     assert result.metrics == {"loss": pytest.approx(0.1)}
 
 
+@pytest.mark.parametrize("eval_every,expected", [(5, [5, 10, 12]), (0, [])])
+def test_evaluates_at_the_last_step_too_unless_eval_is_off(tmp_path, eval_every, expected):
+    rec = Recorder()
+    _run(tmp_path, rec, total=12, eval_every=eval_every)
+    assert rec.evaluated == expected
+    assert [r["step"] for r in _logged(tmp_path) if "eval_loss" in r] == expected
+
+
 def test_sigterm_saves_the_current_step_and_returns(tmp_path):
     rec = Recorder(sigterm_at=6)
     result = _run(tmp_path, rec)

@@ -212,7 +212,7 @@ def _lora_config(**extra):
         "objective.targets_length": 16,
         "train.batch_size": 8,
         "train.progress_bar": False,
-        "train.eval_every": 1000,
+        "data.eval_split": "",  # no eval, nor the closing example (a generate compile)
         "checkpoint.async_save": False,
         "lora.rank": 4,
         "lora.targets": r".*/(q|v|wo)",

@@ -31,7 +31,7 @@ def _train(cwd, *args, **overrides):
 def runs(tmp_path_factory):
     """./runs/default pre-trained briefly, then the recipe's three methods on top of it."""
     cwd = tmp_path_factory.mktemp("journey")
-    _train(cwd, **{"train.steps": 150, "train.eval_every": 1000})
+    _train(cwd, **{"train.steps": 150, "train.eval_every": 0})
     short = {
         "train.steps": 60,
         "train.eval_every": 30,

@@ -101,7 +101,7 @@ def train_on_devices(workdir, devices, steps, **overrides):
         "train.batch_size": 8,
         "train.steps": steps,
         "train.log_every": 1,
-        "train.eval_every": 1000,
+        "train.eval_every": 0,  # no eval (0: never; any other value also evaluates at the end)
         "train.progress_bar": False,
         "checkpoint.every": 5,
         "checkpoint.async_save": False,
@@ -169,7 +169,7 @@ def test_two_processes_match_one_process(tmp_path):
         "train.batch_size": 8,
         "train.steps": 6,
         "train.log_every": 1,
-        "train.eval_every": 1000,
+        "train.eval_every": 0,  # no eval (0: never; any other value also evaluates at the end)
         "train.progress_bar": False,
         "checkpoint.every": 3,
         "checkpoint.async_save": False,

@@ -29,7 +29,7 @@ def tiny_overrides(**extra) -> list[str]:
         "objective.inputs_length": 32,
         "train.batch_size": 8,
         "train.log_every": 5,
-        "train.eval_every": 1000,
+        "train.eval_every": 0,  # no eval (0: never; any other value also evaluates at the end)
         "train.progress_bar": False,
         "checkpoint.async_save": False,
         "optim.warmup_steps": 5,
