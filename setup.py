@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["t5x_lite*", "objectives*", "sharding*", "configs*"]),
+    packages=find_packages(include=["t5x_lite*", "objectives*", "rlhf*", "sharding*", "configs*"]),
     package_data={"t5x_lite": ["assets/*", "assets/**/*"]},
     install_requires=[
         "jax>=0.10,<0.11",
