@@ -69,6 +69,16 @@ def activation_sharding(mesh: jax.sharding.Mesh, rules: dict):
         _ACTIVE.pop()
 
 
+def under(mesh: jax.sharding.Mesh, rules: dict, fn):
+    """`fn` traced with activation sharding constraints for `mesh` and `rules` (jit it)."""
+
+    def traced(*args):
+        with activation_sharding(mesh, rules):
+            return fn(*args)
+
+    return traced
+
+
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     """`with_sharding_constraint` by logical names (e.g. batch, length, embed) if a mesh is
     active; the identity otherwise, so models run unchanged outside `train`."""

@@ -191,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--batches", type=int, default=4, help="pre-training eval batches (forgetting check)"
     )
+    reward = sub.add_parser(
+        "reward", help="train a reward model (default: toxic / not-toxic on the embedded corpus)"
+    )
+    reward.add_argument(
+        "--config", default=None, help="configs/X.py[:arg] (default: configs/reward_toxicity.py)"
+    )
+    reward.add_argument("--workdir", default=None, help="run directory (default from the config)")
     return parser
 
 
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "memory"):
+    if extra and args.command not in ("train", "memory", "reward"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("t5x_lite").setLevel(logging.INFO)
@@ -393,6 +400,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {markdown} and {jsonl}")
     elif args.command == "eval":
         _eval(args)
+    elif args.command == "reward":
+        from rlhf import reward_model
+        from t5x_lite import run_config
+
+        config = run_config.from_command_line(args.config or "configs.reward_toxicity", extra)
+        metrics = reward_model.train(config, args.workdir)
+        print(
+            "held-out "
+            + ", ".join(
+                f"{k[5:]} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("eval_")
+            )
+        )
     elif args.command == "compare":
         import objectives
         from t5x_lite import report
@@ -440,7 +459,7 @@ def _eval(args) -> None:
 # Where our code lives: an error raised here is bad input we have explained in its message.
 _OUR_PACKAGES = tuple(
     Path(__file__).resolve().parent.parent / name
-    for name in ("t5x_lite", "objectives", "sharding", "configs")
+    for name in ("t5x_lite", "objectives", "rlhf", "sharding", "configs")
 )
 
 

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 
 from t5x_lite import config as config_lib
-from t5x_lite import conversion, data, lora, prompt_tuning, prompts
+from t5x_lite import conversion, data, lora, optim, prompt_tuning, prompts
 from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,25 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict:
 def runtime_overrides(config: ml_collections.ConfigDict) -> dict:
     """The `model.*` fields set that may change on top of a checkpoint (`RUNTIME_FIELDS`)."""
     return {k: v for k, v in model_overrides(config).items() if k in RUNTIME_FIELDS}
+
+
+def optimizer(config: ml_collections.ConfigDict):
+    """(gradient transformation, learning-rate schedule) from the `optim` block, over
+    `train.steps` steps."""
+    o = config.optim
+    return optim.make_optimizer(
+        o.name,
+        learning_rate=o.learning_rate,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.train.steps,
+        end_learning_rate_fraction=o.end_learning_rate_fraction,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        grad_clip=o.grad_clip,
+        adafactor_parameter_scale=o.adafactor_parameter_scale,
+    )
 
 
 def padded_vocab_size(num_ids: int) -> int:

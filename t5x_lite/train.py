@@ -37,7 +37,6 @@ from t5x_lite import (
     loop,
     lora,
     models,
-    optim,
     resolve,
     run_config,
     steps,
@@ -82,19 +81,7 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     )
     rules = rules_lib.get_rules(config.mesh.rules)
     rules_lib.check_batch(config.train.batch_size, mesh)
-    tx, schedule = optim.make_optimizer(
-        config.optim.name,
-        learning_rate=config.optim.learning_rate,
-        schedule=config.optim.schedule,
-        warmup_steps=config.optim.warmup_steps,
-        total_steps=config.train.steps,
-        end_learning_rate_fraction=config.optim.end_learning_rate_fraction,
-        weight_decay=config.optim.weight_decay,
-        b1=config.optim.b1,
-        b2=config.optim.b2,
-        grad_clip=config.optim.grad_clip,
-        adafactor_parameter_scale=config.optim.adafactor_parameter_scale,
-    )
+    tx, schedule = resolve.optimizer(config)
 
     cfg = resolve.model_config(config, vocab_size)
     method = resolve.adapter_method(config)
@@ -121,7 +108,7 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     _, loss_kwargs = resolve.loss_options(config, objective)
     train_step = jax.jit(
-        _under(
+        rules_lib.under(
             mesh,
             rules,
             steps.make_train_step(
@@ -139,7 +126,9 @@ def make_program(config: ml_collections.ConfigDict, objective, vocab_size: int) 
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        _under(mesh, rules, steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs)),
+        rules_lib.under(
+            mesh, rules, steps.make_eval_step(eval_graphdef, objective.loss_fn, **loss_kwargs)
+        ),
         in_shardings=(shardings[0], batch_sharding),
         out_shardings=replicated,
     )
@@ -404,16 +393,6 @@ def generation_eval(config, objective, program: Program, tok, spec: data.DataSpe
         return {f"eval_{k}": scores[k] for k in (*icl.ROUGE_TYPES, "bleu")}
 
     return generated
-
-
-def _under(mesh, rules, fn):
-    """`fn` traced with activation sharding constraints for `mesh` and `rules`."""
-
-    def traced(*args):
-        with rules_lib.activation_sharding(mesh, rules):
-            return fn(*args)
-
-    return traced
 
 
 def _evaluate(eval_step, to_global, model_state, eval_ds, num_batches: int) -> dict:
