@@ -181,6 +181,19 @@ def _abstract(tree) -> dict:
     )
 
 
+def keep_state(directory: str | os.PathLike, state: nnx.State) -> nnx.State:
+    """`state` saved once in `directory`; once it is there, read back instead (into the arrays
+    of `state`, each laid out as before). A PPO run keeps its reference so, resumed or not."""
+    with manager(directory) as mngr:
+        if mngr.latest_step() is None:
+            mngr.save(0, args=ocp.args.StandardSave(nnx.to_pure_dict(state)))
+            mngr.wait_until_finished()
+            return state
+        restored = mngr.restore(0, args=ocp.args.StandardRestore(_abstract(state)))
+    nnx.replace_by_pure_dict(state, restored)
+    return state
+
+
 class TrainCheckpoints:
     """A training run's checkpoint directory (an Orbax `CheckpointManager`): per step the
     model's parameters and config (what `load_model` reads), the optimizer state, the data
@@ -207,10 +220,12 @@ class TrainCheckpoints:
         data_iterator=None,
         run_config: dict | None = None,
         adapters: dict | None = None,
+        json_items: dict[str, dict] | None = None,
     ) -> None:
         """Save step `step`: the parameters in `model_state` (a model's `nnx.state`), and
-        `opt_state`, the grain `data_iterator`'s state, `run_config` and the `adapters` spec
-        (LoRA, soft prompt) of the parameters where given."""
+        `opt_state`, the grain `data_iterator`'s state, `run_config`, the `adapters` spec
+        (LoRA, soft prompt) of the parameters, and more `json_items` by name, where given
+        (a PPO run's KL controller; `load_json_item` reads one back)."""
         params = nnx.to_pure_dict(nnx.filter_state(model_state, nnx.Param))
         items = _model_items(params, model_config)
         if opt_state is not None:
@@ -221,6 +236,8 @@ class TrainCheckpoints:
             items[RUN_CONFIG] = ocp.args.JsonSave(run_config)
         if adapters is not None:
             items[ADAPTERS] = ocp.args.JsonSave(adapters)
+        for name, value in (json_items or {}).items():
+            items[name] = ocp.args.JsonSave(value)
         self.mngr.save(step, args=ocp.args.Composite(**items))
 
     def restore(

@@ -244,10 +244,35 @@ class EncoderDecoder(_Assembly):
         mask over cache positions (default: the cache's `key_mask`). A cache made with `encoded`
         holds the cross-attention keys/values and the encoder mask, and `encoded` may be None.
         """
+        hidden, new_cache = self.decoder_hidden(
+            decoder_input_ids,
+            encoded,
+            attention_mask,
+            decoder_attention_mask,
+            segment_ids=segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            cache=cache,
+        )
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
+
+    def decoder_hidden(
+        self,
+        decoder_input_ids,
+        encoded,
+        attention_mask=None,
+        decoder_attention_mask=None,
+        *,
+        segment_ids=None,
+        decoder_segment_ids=None,
+        cache=None,
+    ):
+        """`decode` before the LM head: ((B, T, D) final decoder hidden states, new cache or
+        None), the features a value head reads."""
         if cache is not None and attention_mask is None:
             attention_mask = cache.cross_mask
         cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
-        hidden, new_cache = _run_causal(
+        return _run_causal(
             self.decoder,
             self.shared(decoder_input_ids),
             decoder_attention_mask,
@@ -257,8 +282,6 @@ class EncoderDecoder(_Assembly):
             encoded=encoded,
             cross_mask=cross,
         )
-        logits = self.logits(hidden)
-        return logits if cache is None else (logits, new_cache)
 
     def __call__(
         self,
