@@ -4,7 +4,8 @@ the scoring functions that turn it, or any Python function of texts, into a PPO 
 
     t5x-lite reward --config configs/reward_toxicity.py      # embedded toxic / not-toxic
     rm = reward_model.load("runs/reward_toxicity")
-    rm.score(["#Person1# buys a lamp."])       # the PPO reward: log-odds of reward.positive_class
+    rm.score(["#Person1# buys a lamp."])       # a PPO reward: log-odds of reward.positive_class
+    rm.positive_probability(texts)              # or its probability, bounded in [0, 1]
     rm.probabilities(texts)                     # (N, classes) for a classifier
     reward = reward_model.pipeline_reward(transformers.pipeline("text-classification", ...),
                                           label="not_toxic")   # any HF classifier
@@ -34,7 +35,6 @@ from flax import nnx
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
 from t5x_lite import checkpoint, corpus, data, loop, models, resolve, run_config
-from t5x_lite import metrics as metrics_lib
 from t5x_lite import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,10 @@ class RewardModel:
         others = np.delete(logits, k, axis=1)
         return logits[:, k] - np.asarray(jax.nn.logsumexp(others, axis=1))
 
+    def positive_probability(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) P(`positive_class`): a bounded reward, flat once a text is clearly positive."""
+        return self.probabilities(texts)[:, self.classes.index(self.positive_class)]
+
     __call__ = score
 
 
@@ -440,19 +444,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict
         return step_jit(state, to_global(next(train_iter)))
 
     cadence = loop.Cadence(t.steps, t.log_every, config.checkpoint.every, t.eval_every)
-    writer = metrics_lib.MetricsWriter(
-        workdir, resume_step=start, total_steps=t.steps, progress_bar=t.progress_bar
+    result = loop.run_in(
+        workdir,
+        ckpts,
+        state,
+        step_fn,
+        start=start,
+        cadence=cadence,
+        save=save,
+        progress_bar=t.progress_bar,
+        evaluate=evaluate,
     )
-    with ckpts, writer:
-        result = loop.run(
-            state,
-            step_fn,
-            start=start,
-            cadence=cadence,
-            writer=writer,
-            save=save,
-            last_saved=lambda: ckpts.latest_step,
-            evaluate=evaluate,
-            where=str(ckpts.directory),
-        )
     return {**result.metrics, **evaluate(result.state)}

@@ -7,7 +7,9 @@ per-token rewards, GAE, and minibatch epochs of clipped updates, all under the r
     state, metrics = trainer.learn(state, rollout)          # device: KL, GAE, PPO epochs
     ppo_train(config, workdir, reward_fn=..., lm=..., prompts=[...])   # the whole run
 
-One PPO step: sample a response for each of `batch_size` prompts with the current policy;
+One PPO step: sample a response for each of `batch_size` prompts with the current policy (at
+`temperature`: every log-prob below is of logits / temperature, as trl computes them; top-k and
+top-p truncation, if set, are not in the log-probs);
 score the decoded texts with the reward function (any `texts -> (N,)` callable, e.g. a reward
 model's `score`); compute log π, log π_ref and the values teacher-forced; per-token rewards
 −β·KL_t plus the score at the last token (`ppo.token_rewards`); advantages by GAE, whitened;
@@ -39,7 +41,6 @@ from rlhf import policy as policy_lib
 from rlhf import ppo
 from sharding import rules as rules_lib
 from t5x_lite import adapters, checkpoint, decoding, loop, models
-from t5x_lite import metrics as metrics_lib
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Options:
     def from_config(cls, block: ml_collections.ConfigDict | dict) -> Options:
         values = dict(block)
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"init_from", "reference", "reward"})
+        recipe = {"init_from", "reference", "reward", "reward_score", "eval_examples", "eval_seed"}
+        unknown = sorted(set(values) - known - recipe)
         if unknown:
             raise ValueError(f"ppo has no key {', '.join(unknown)}; its keys: {sorted(known)}")
         return cls(**{k: v for k, v in values.items() if k in known})
@@ -172,17 +174,24 @@ class PPOTrainer:
         o = options
         ref_graphdef, lm_train = self.ref_graphdef, self.lm_train
 
-        def prepare(state, ref_state, batch, scores, kl_coef):
+        def score(state, ref_state, batch):
+            """(values, log π, per-token KL to the reference) of the sampled responses."""
             policy_model, _ = nnx.merge(graphdef, state)
             logits, values = policy_model(batch)
-            logprobs = ppo.token_logprobs(logits, batch["response"])
+            logprobs = ppo.token_logprobs(logits / o.temperature, batch["response"])
             if ref_graphdef is None:
                 ref_lm = policy_lib.with_reference(policy_model.lm, lm_train, ref_state)
             else:
                 ref_lm = nnx.merge(ref_graphdef, ref_state)
-            ref_logprobs = ppo.token_logprobs(policy_lib.forward(ref_lm, batch), batch["response"])
+            ref_logits = policy_lib.forward(ref_lm, batch) / o.temperature
+            ref_logprobs = ppo.token_logprobs(ref_logits, batch["response"])
             mask = batch["response_mask"].astype(jnp.float32)
             kl = ppo.kl_penalty(logprobs, ref_logprobs, o.kl_estimator) * mask
+            return values, logprobs, kl
+
+        def prepare(state, ref_state, batch, scores, kl_coef):
+            values, logprobs, kl = score(state, ref_state, batch)
+            mask = batch["response_mask"].astype(jnp.float32)
             rewards = ppo.token_rewards(scores, kl, mask, kl_coef=kl_coef)
             advantages, returns = ppo.gae(rewards, values, mask, gamma=o.gamma, lam=o.lam)
             if o.whiten_advantages:
@@ -204,6 +213,7 @@ class PPOTrainer:
 
         def loss_fn(policy_model, mb):
             logits, values = policy_model(mb)
+            logits = logits / o.temperature  # the distribution the rollouts sampled from
             mask = mb["response_mask"].astype(jnp.float32)
             logprobs = ppo.token_logprobs(logits, mb["response"])
             pg, pg_stats = ppo.policy_loss(
@@ -230,6 +240,11 @@ class PPOTrainer:
             rules_lib.under(mesh, rules, prepare),
             in_shardings=(self.shardings, self.ref_shardings, b, b, replicated),
             out_shardings=(b, replicated),
+        )
+        self._sequence_kl = jax.jit(
+            rules_lib.under(mesh, rules, lambda *args: score(*args)[2].sum(-1)),
+            in_shardings=(self.shardings, self.ref_shardings, b),
+            out_shardings=replicated,
         )
         self._update = jax.jit(
             rules_lib.under(mesh, rules, update),
@@ -311,6 +326,12 @@ class PPOTrainer:
             scores=scores,
             texts=texts,
         )
+
+    def sequence_kl(self, state, ref_state, rollout: dict) -> np.ndarray:
+        """(B,) Σ_t KL_t of each sampled response (the `ppo.kl_estimator`) to the reference."""
+        keys = ("prompt_ids", "prompt_mask", "response", "response_mask")
+        batch = self._global({k: rollout[k] for k in keys})
+        return np.asarray(self._sequence_kl(state, ref_state, batch))
 
     # ------------------------------------------------------------------ updates
 
@@ -397,11 +418,14 @@ def run(
     keep: int | None = 3,
     run_config: dict | None = None,
     progress_bar: bool = False,
+    steps: int | None = None,
 ) -> dict:
-    """PPO for `trainer.options.steps` steps in `workdir` (resuming from its checkpoints):
+    """PPO up to step `steps` (default `trainer.options.steps`) in `workdir`, resuming from
+    its checkpoints:
     `metrics.jsonl` per step, checkpoints, `run_facts.json`. Returns the last step's metrics,
     `state` and `reference` (the reference state) included."""
     o = trainer.options
+    steps = o.steps if steps is None else steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_count() > 1:
@@ -456,19 +480,15 @@ def run(
         kl.update(metrics["kl"], o.batch_size)
         return state, metrics
 
-    writer = metrics_lib.MetricsWriter(
-        workdir, resume_step=start, total_steps=o.steps, progress_bar=progress_bar
+    cadence = loop.Cadence(steps, log_every, checkpoint_every)
+    result = loop.run_in(
+        workdir,
+        ckpts,
+        state,
+        step_fn,
+        start=start,
+        cadence=cadence,
+        save=save,
+        progress_bar=progress_bar,
     )
-    cadence = loop.Cadence(o.steps, log_every, checkpoint_every)
-    with ckpts, writer:
-        result = loop.run(
-            state,
-            step_fn,
-            start=start,
-            cadence=cadence,
-            writer=writer,
-            save=save,
-            last_saved=lambda: ckpts.latest_step,
-            where=str(ckpts.directory),
-        )
     return dict(result.metrics, state=result.state, reference=ref_state, kl_coef=kl.value)

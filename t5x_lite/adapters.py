@@ -64,8 +64,7 @@ def load(model: models.Model, directory: str | os.PathLike) -> models.Model:
     tuning, by its `peft_type`) or one `save` wrote."""
     directory = Path(directory)
     if (directory / hf.PEFT_CONFIG).exists():
-        peft_type = hf._read_json(directory / hf.PEFT_CONFIG).get("peft_type")
-        if peft_type == "PROMPT_TUNING":
+        if hf.peft_type(directory) == "PROMPT_TUNING":
             return prompt_tuning.from_peft(model, directory)
         return lora.from_peft(model, directory)
     config = checkpoint.load_json_item(directory, checkpoint.ADAPTER_CONFIG) or {}

@@ -94,7 +94,8 @@ def make_record(index: int, *, seed: int = 0) -> dict[str, Any]:
     """Record ``index`` of the corpus for ``seed``; depends on nothing else.
 
     Keys: ``fname``, ``dialogue`` ("#Person1#: ..." / "#Person2#: ..." turns joined by "\\n"),
-    ``summary``, ``topic``, ``is_toxic_variant`` and, when that is True, ``toxic_summary``.
+    ``summary``, ``topic``, ``is_toxic_variant`` and, when that is True, ``toxic_summary``;
+    ``noisy_summary`` is ``toxic_summary`` where there is one, else ``summary``.
     """
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
@@ -131,6 +132,9 @@ def make_record(index: int, *, seed: int = 0) -> dict[str, Any]:
     if toxic:
         record["toxic_summary"] = _rude(summary, rng)
     record["is_toxic_variant"] = toxic
+    # References as a careless annotator team wrote them: the rude fifth kept rude. A
+    # summarizer fine-tuned on these is sometimes rude, which the PPO detox recipe removes.
+    record["noisy_summary"] = record.get("toxic_summary", summary)
     return record
 
 

@@ -422,6 +422,13 @@ def save_peft(directory: str | os.PathLike, tensors: dict[str, np.ndarray], conf
     return directory
 
 
+def peft_type(directory: str | os.PathLike) -> str | None:
+    """The `peft_type` of a PEFT adapter directory (LORA, PROMPT_TUNING, ...); None if it is
+    not one."""
+    path = Path(directory) / PEFT_CONFIG
+    return _read_json(path).get("peft_type") if path.exists() else None
+
+
 def read_peft(directory: str | os.PathLike, peft_type: str) -> tuple[dict, dict, Path]:
     """(adapter config, tensors, weights path) of a PEFT adapter directory of `peft_type`."""
     from safetensors.numpy import load_file

@@ -112,3 +112,36 @@ def run(
         signal.signal(signal.SIGTERM, previous)
     metrics = {k: scalar(v) for k, v in metrics.items()}
     return Result(state, step, metrics, preempted=stop["signal"] is not None)
+
+
+def run_in(
+    workdir,
+    checkpoints,
+    state: State,
+    step_fn: Callable[[State], tuple[State, dict]],
+    *,
+    start: int,
+    cadence: Cadence,
+    save: Callable[[int, State], None],
+    progress_bar: bool = False,
+    extra_metrics: Callable[[int], dict] | None = None,
+    evaluate: Callable[[State], dict] | None = None,
+) -> Result:
+    """`run` as a training program calls it: with `workdir`'s `MetricsWriter` and the run's
+    `checkpoints` (a `checkpoint.TrainCheckpoints`), both closed at the end."""
+    writer = MetricsWriter(
+        workdir, resume_step=start, total_steps=cadence.total_steps, progress_bar=progress_bar
+    )
+    with checkpoints, writer:
+        return run(
+            state,
+            step_fn,
+            start=start,
+            cadence=cadence,
+            writer=writer,
+            save=save,
+            last_saved=lambda: checkpoints.latest_step,
+            extra_metrics=extra_metrics,
+            evaluate=evaluate,
+            where=str(checkpoints.directory),
+        )

@@ -198,6 +198,14 @@ def _parser() -> argparse.ArgumentParser:
         "--config", default=None, help="configs/X.py[:arg] (default: configs/reward_toxicity.py)"
     )
     reward.add_argument("--workdir", default=None, help="run directory (default from the config)")
+
+    ppo = sub.add_parser(
+        "ppo", help="PPO (RLHF); default: the detox recipe, every stage at tiny size"
+    )
+    ppo.add_argument(
+        "--config", default=None, help="configs/X.py[:arg] (default: configs/ppo_detox.py)"
+    )
+    ppo.add_argument("--workdir", default=None, help="run directory (default ./runs/ppo_detox)")
     return parser
 
 
@@ -283,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "memory", "reward"):
+    if extra and args.command not in ("train", "memory", "reward", "ppo"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("t5x_lite").setLevel(logging.INFO)
@@ -412,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k[5:]} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("eval_")
             )
         )
+    elif args.command == "ppo":
+        from rlhf import detox
+        from t5x_lite import run_config
+
+        config = run_config.from_command_line(args.config or "configs.ppo_detox", extra)
+        path = detox.run(config, args.workdir)
+        print(path.read_text())
+        print(f"wrote {path}")
     elif args.command == "compare":
         import objectives
         from t5x_lite import report

@@ -85,17 +85,7 @@ def _eval_records(config) -> list[dict]:
 
 def zero_shot(config, model, tok) -> dict:
     """Generation scores of `model` on the run's held-out records, in its template."""
-    options = config.objective
-    return icl.score_generation(
-        model,
-        tok,
-        _eval_records(config),
-        template=config.data.template or "bare",
-        input_field=config.data.input_field,
-        target_field=config.data.target_field,
-        max_length=options.get("inputs_length", 512),
-        max_new_tokens=options.get("targets_length") or 64,
-    )
+    return resolve.generation_scores(config, model, tok, _eval_records(config))
 
 
 def pretraining_loss(model, tok, config, objective, num_batches: int = 4) -> float:
@@ -145,7 +135,7 @@ def compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _plots(rows, base_row, out)
-    text = _markdown(rows, base_row, init_from, pre_config, len(_eval_records(first)))
+    text = _markdown(rows, base_row, init_from, pre_config, base_row["num_examples"])
     (out / "report.md").write_text(text, encoding="utf-8")
     return out / "report.md"
 

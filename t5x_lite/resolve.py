@@ -226,3 +226,22 @@ def input_fields(config, objective, records: list[dict]) -> dict:
         return template.render({template.truncate_field: record[d.input_field]}, with_answer=False)
 
     return {k: render if f == d.input_field else f for k, f in fields.items()}
+
+
+def generation_scores(config: ml_collections.ConfigDict, model, tok, records: list[dict]) -> dict:
+    """`icl.score_generation` of `model` on `records` as the run generates at eval: greedy, in
+    `data.template`, inputs cut to `objective.inputs_length`, `objective.targets_length` new
+    tokens."""
+    from t5x_lite import icl
+
+    d, options = config.data, config.objective
+    return icl.score_generation(
+        model,
+        tok,
+        records,
+        template=d.template or "bare",
+        input_field=d.input_field,
+        target_field=d.target_field,
+        max_length=options.get("inputs_length", 512),
+        max_new_tokens=options.get("targets_length") or 64,
+    )

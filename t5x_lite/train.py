@@ -42,7 +42,6 @@ from t5x_lite import (
     steps,
 )
 from t5x_lite import config as config_lib
-from t5x_lite import metrics as metrics_lib
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
 
     evaluate = None
     if eval_ds is not None:
-        generated = generation_eval(config, objective, program, tok, eval_spec)
+        generated = generation_eval(config, program, tok, eval_spec)
 
         def evaluate(state) -> dict:
             out = _evaluate(eval_step, to_global, state[0], eval_ds, config.train.eval_steps)
@@ -320,25 +319,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
         checkpoint_every=config.checkpoint.every,
         eval_every=config.train.eval_every,
     )
-    writer = metrics_lib.MetricsWriter(
+    result = loop.run_in(
         workdir,
-        resume_step=start,
-        total_steps=config.train.steps,
+        ckpts,
+        state,
+        step_fn,
+        start=start,
+        cadence=cadence,
+        save=save,
         progress_bar=config.train.progress_bar,
+        extra_metrics=throughput,
+        evaluate=evaluate,
     )
-    with ckpts, writer:
-        result = loop.run(
-            state,
-            step_fn,
-            start=start,
-            cadence=cadence,
-            writer=writer,
-            save=save,
-            last_saved=lambda: ckpts.latest_step,
-            extra_metrics=throughput,
-            evaluate=evaluate,
-            where=str(ckpts.directory),
-        )
 
     nnx.update(model, result.state[0])
     model.eval()
@@ -352,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
     return result.metrics
 
 
-def generation_eval(config, objective, program: Program, tok, spec: data.DataSpec):
+def generation_eval(config, program: Program, tok, spec: data.DataSpec):
     """`model_state -> {eval_rouge1, ..., eval_bleu}` from greedy generation on the first
     `train.generate_examples` records of `spec` (`icl.score_generation`), or None when off."""
     n = config.train.generate_examples
@@ -369,26 +361,17 @@ def generation_eval(config, objective, program: Program, tok, spec: data.DataSpe
     from t5x_lite import icl
 
     records = data.read_records(spec)[:n]
-    options, _ = resolve.loss_options(config, objective)
-    d = config.data
+    max_length = config.objective.get("inputs_length", 512)
 
     def generated(model_state) -> dict:
-        scores = icl.score_generation(
-            nnx.merge(program.eval_graphdef, model_state),
-            tok,
-            records,
-            template=d.template or "bare",
-            input_field=d.input_field,
-            target_field=d.target_field,
-            max_length=options.get("inputs_length", 512),
-            max_new_tokens=options.get("targets_length") or 64,
-        )
+        model = nnx.merge(program.eval_graphdef, model_state)
+        scores = resolve.generation_scores(config, model, tok, records)
         if scores["num_truncated"]:
             log.info(
                 "generation eval: %d of %d inputs cut to fit %d tokens",
                 scores["num_truncated"],
                 scores["num_examples"],
-                options.get("inputs_length", 512),
+                max_length,
             )
         return {f"eval_{k}": scores[k] for k in (*icl.ROUGE_TYPES, "bleu")}
 

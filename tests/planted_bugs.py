@@ -119,6 +119,34 @@ PLANTS = (
         "        step = rate",
         ("tests/test_optim.py::test_weight_decay_is_the_learning_rate_times_the_rate",),
     ),
+    Plant(
+        "GAE lets rewards lying in the padding flow back into the response",
+        "rlhf/ppo.py",
+        "    rewards, values = rewards * mask, values * mask",
+        "    rewards, values = rewards, values * mask",
+        ("tests/test_ppo.py::test_gae_ignores_whatever_lies_in_padding",),
+    ),
+    Plant(
+        "PPO's clipped surrogate keeps the optimistic term (min of the losses)",
+        "rlhf/ppo.py",
+        "    loss = masked_mean(jnp.maximum(unclipped, clipped), mask)",
+        "    loss = masked_mean(jnp.minimum(unclipped, clipped), mask)",
+        ("tests/test_ppo.py::test_policy_loss_at_and_beyond_the_clip_bounds",),
+    ),
+    Plant(
+        "the PPO reference is not the policy as it starts (its trained part zeroed)",
+        "rlhf/policy.py",
+        "    return jax.tree.map(jnp.copy, nnx.state(lm, train))",
+        "    return jax.tree.map(jnp.zeros_like, nnx.state(lm, train))",
+        ("tests/test_trainer.py::test_kl_is_zero_at_the_first_step",),
+    ),
+    Plant(
+        "a resumed PPO run restarts its KL controller",
+        "rlhf/trainer.py",
+        '        kl = ppo.KLController(**saved.get("kl_controller", kl.state_dict()))',
+        "        pass",
+        ("tests/test_trainer.py::test_resume_continues_as_an_uninterrupted_run",),
+    ),
 )
 
 

@@ -38,7 +38,7 @@ def test_deterministic_and_independent_of_count():
 
 
 def test_record_format(data):
-    fields = {"fname", "dialogue", "summary", "topic", "is_toxic_variant"}
+    fields = {"fname", "dialogue", "summary", "topic", "is_toxic_variant", "noisy_summary"}
     for i, r in enumerate(data["train"]):
         assert set(r) - {"toxic_summary"} == fields
         assert r["fname"] == f"embedded_{i:05d}"
@@ -60,6 +60,7 @@ def test_toxic_fraction_is_exact():
         assert sum(r["is_toxic_variant"] for r in records[:n]) == round(n * 0.2)
     for r in records:
         assert r["is_toxic_variant"] == ("toxic_summary" in r)
+        assert r["noisy_summary"] == r.get("toxic_summary", r["summary"])
 
 
 def test_toxic_summary_is_rude_version_of_summary(data):

@@ -121,11 +121,12 @@ def test_a_step_on_a_2x2x2_mesh_matches_one_device(tok):
 
 
 def test_resume_continues_as_an_uninterrupted_run(tok, tmp_path):
+    """A trainer holds no run state: one serves all three runs (and compiles once)."""
+    trainer = make(tok, models.build(config_lib.get_preset("t5-tiny")), steps=3, lr=3e-3)
+
     def run(workdir, steps):
-        lm = models.build(config_lib.get_preset("t5-tiny"), seed=0)
-        trainer = make(tok, lm, steps=steps, lr=3e-3)
         kl = ppo.KLController(0.1, target=1.0, horizon=100)
-        return trainer_lib.run(trainer, PROMPTS, workdir, kl=kl, checkpoint_every=2)
+        return trainer_lib.run(trainer, PROMPTS, workdir, kl=kl, checkpoint_every=2, steps=steps)
 
     straight = run(tmp_path / "a", 3)
     run(tmp_path / "b", 2)
