@@ -41,6 +41,7 @@ setup(
             "peft>=0.13,<1",
             "ruff>=0.6",
             "hypothesis>=6,<7",
+            "pytest-xdist>=3.5,<4",
             "datasets>=3,<6",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],

@@ -14,8 +14,9 @@ score the decoded texts with the reward function (any `texts -> (N,)` callable, 
 model's `score`); compute log π, log π_ref and the values teacher-forced; per-token rewards
 −β·KL_t plus the score at the last token (`ppo.token_rewards`); advantages by GAE, whitened;
 then `epochs` passes over shuffled minibatches minimising
-policy_loss + vf_coef · value_loss − ent_coef · entropy, stopping the epochs early once a
-minibatch's approx_kl exceeds 1.5 · target_kl (when set). The KL controller then updates β.
+policy_loss + vf_coef · value_loss − ent_coef · entropy, stopping the epochs at the first
+minibatch whose approx_kl exceeds 1.5 · target_kl (when set; its update is not applied, as in
+SB3). The KL controller then updates β.
 
 The RNG of step n is `fold_in(key(seed), n)`, so a resumed run samples exactly what an
 uninterrupted one would; the checkpoint holds the policy, value head, optimizer, prompt
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rlhf import policy as policy_lib
 from rlhf import ppo
@@ -228,12 +230,18 @@ class PPOTrainer:
                 loss=loss, policy_loss=pg, value_loss=vf, entropy=ent, **pg_stats, **vf_stats
             )
 
+        kl_limit = 1.5 * o.target_kl if o.target_kl > 0 else float("inf")
+
         def update(state, mb):
+            """One minibatch step; skipped (state unchanged) when the minibatch's approx KL
+            already passes 1.5 x target_kl, which then ends the step's epochs (as SB3 does)."""
             policy_model, optimizer = nnx.merge(graphdef, state)
             diff = nnx.DiffState(0, self.wrt)
             grads, metrics = nnx.grad(loss_fn, argnums=diff, has_aux=True)(policy_model, mb)
             optimizer.update(policy_model, grads)
-            return nnx.state((policy_model, optimizer)), metrics
+            stop = metrics["approx_kl"] > kl_limit
+            new = nnx.state((policy_model, optimizer))
+            return jax.tree.map(lambda n, old: jnp.where(stop, old, n), new, state), metrics
 
         b = self.batch_sharding
         self._prepare = jax.jit(
@@ -299,10 +307,11 @@ class PPOTrainer:
         -> the batch (numpy) with `response`, `response_mask`, `scores` and `texts`."""
         o = self.options
         key = jax.random.fold_in(jax.random.key(o.seed), step)
-        tokens, _ = decoding.generate(
+        arrays = self._global(prompts)
+        tokens, _ = decoding.sample_arrays(
             self.policy(state).lm,
-            prompts["prompt_ids"],
-            attention_mask=prompts["prompt_mask"],
+            arrays["prompt_ids"],
+            arrays["prompt_mask"],
             max_new_tokens=o.max_new_tokens,
             temperature=o.temperature,
             top_k=o.top_k,
@@ -311,7 +320,7 @@ class PPOTrainer:
             pad_id=self.tok.pad_id,
             rng=key,
         )
-        response = np.asarray(tokens, np.int32)
+        response = self._local(tokens).astype(np.int32)
         texts = self.tok.decode_batch(response)
         scores = np.asarray(self.reward_fn(texts), np.float32).reshape(-1)
         if scores.shape != (len(texts),):
@@ -336,15 +345,35 @@ class PPOTrainer:
     # ------------------------------------------------------------------ updates
 
     def _global(self, batch: dict) -> dict:
+        """This process's rows -> global arrays split over the mesh's batch axes."""
         return {
             k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in batch.items()
         }
 
+    def own_rows(self, rows: int) -> np.ndarray:
+        """The rows of a global batch of `rows` that this process holds (all of them in one
+        process): where `_global` puts its local rows."""
+        index = self.batch_sharding.addressable_devices_indices_map((rows,)).values()
+        spans = sorted({(s[0].start or 0, rows if s[0].stop is None else s[0].stop) for s in index})
+        return np.concatenate([np.arange(a, b) for a, b in spans])
+
+    def _local(self, x) -> np.ndarray:
+        """A global array's rows that this process holds, on the host."""
+        return self._everywhere(x)[self.own_rows(x.shape[0])]
+
+    @staticmethod
+    def _everywhere(x) -> np.ndarray:
+        """A global array, whole, on every process's host."""
+        if jax.process_count() == 1:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
     def learn(self, state, ref_state, rollout: dict, *, kl_coef: float, step: int):
         """KL, GAE and the PPO epochs over one rollout batch. -> (state, metrics)."""
         o = self.options
-        scores = rollout["scores"]
+        local_scores = rollout["scores"]
+        scores = self._everywhere(self._global({"s": local_scores})["s"])  # every process's
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
             raise NonFiniteError(
@@ -353,30 +382,34 @@ class PPOTrainer:
             )
         arrays = {k: rollout[k] for k in ("prompt_ids", "prompt_mask", "response", "response_mask")}
         prepared, stats = self._prepare(
-            state, ref_state, self._global(arrays), self._global({"s": scores})["s"], kl_coef
+            state, ref_state, self._global(arrays), self._global({"s": local_scores})["s"], kl_coef
         )
         if not bool(stats["advantages_finite"]):
             raise NonFiniteError(f"PPO step {step}: the advantages are not finite")
-        host = {k: np.asarray(v) for k, v in prepared.items()}  # single-process: all rows
+        # The whole batch on every host; each minibatch is drawn from it by one permutation
+        # (the same in every process), and each process feeds its own rows of it.
+        host = {k: self._everywhere(v) for k, v in prepared.items()}
+        mine = self.own_rows(o.minibatch_size)
         rows = len(scores)
         sums: dict[str, float] = {}
-        updates, early_stopped = 0, False
+        seen, updates, early_stopped = 0, 0, False
         order_rng = np.random.default_rng([o.seed, step])
         for _ in range(o.epochs):
             order = order_rng.permutation(rows)
             for start in range(0, rows, o.minibatch_size):
-                index = order[start : start + o.minibatch_size]
+                index = order[start : start + o.minibatch_size][mine]
                 state, m = self._update(state, self._global({k: v[index] for k, v in host.items()}))
-                updates += 1
+                seen += 1
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 if o.target_kl > 0 and float(m["approx_kl"]) > 1.5 * o.target_kl:
-                    early_stopped = True
+                    early_stopped = True  # this minibatch's update was not applied
                     break
+                updates += 1
             if early_stopped:
                 break
-        metrics = {k: v / updates for k, v in sums.items()}
-        mask = rollout["response_mask"]
+        metrics = {k: v / seen for k, v in sums.items()}  # over the minibatches computed
+        mask = host["response_mask"]
         metrics.update(
             reward_mean=float(scores.mean()),
             reward_std=float(scores.std()),
@@ -395,14 +428,15 @@ class PPOTrainer:
 
 
 def prompt_iterator(trainer: PPOTrainer, texts: Sequence[str], *, batch_size: int, seed: int):
-    """A grain iterator (checkpointable) over shuffled, encoded prompts, this process's rows
-    of each global batch of `batch_size`."""
+    """A grain iterator (checkpointable) over shuffled, encoded prompts: of each global batch
+    of `batch_size`, the rows this process holds (`PPOTrainer.own_rows`), so the global batch
+    is the same for any number of processes."""
     encoded = trainer.encode_prompts(texts)
-    rows = grain.MapDataset.range(len(texts)).shuffle(seed=seed).repeat()
-    rows = rows[jax.process_index() :: jax.process_count()]
-    per_process = batch_size // jax.process_count()
-    ds = rows.map(lambda i: {k: v[i] for k, v in encoded.items()}).batch(
-        per_process, drop_remainder=True
+    mine = trainer.own_rows(batch_size)
+    ds = grain.MapDataset.range(len(texts)).shuffle(seed=seed).repeat()
+    ds = ds.map(lambda i: {k: v[i] for k, v in encoded.items()})
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        lambda batch: {k: v[mine] for k, v in batch.items()}
     )
     return iter(ds.to_iter_dataset())
 
@@ -428,8 +462,11 @@ def run(
     steps = o.steps if steps is None else steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_count() > 1:
-        raise NotImplementedError("PPO rollouts run in one process for now (see README: RLHF)")
+    if o.minibatch_size % jax.process_count():
+        raise ValueError(
+            f"ppo.minibatch_size={o.minibatch_size} is not divisible by the number of processes "
+            f"({jax.process_count()})"
+        )
     state, ref_state = trainer.init_state()
     prompt_iter = prompt_iterator(trainer, prompts, batch_size=o.batch_size, seed=o.seed)
     ckpts = checkpoint.TrainCheckpoints(workdir / "checkpoints", keep=keep, async_save=False)

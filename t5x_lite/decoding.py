@@ -507,3 +507,37 @@ def generate(
         top_p=float(top_p),
         **common,
     )
+
+
+def sample_arrays(
+    model: models.Model,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int = 1,
+    pad_id: int = 0,
+    rng,
+):
+    """`generate`'s sampling on device arrays as they are: no host-side checks, padding or
+    length buckets, so the inputs may be global arrays laid out over a mesh of several
+    processes (PPO's rollouts). The caller checks the flags (`check_flags`) and fixes shapes."""
+    logits, cache = _jitted(_prompt_pass, _PREFILL_STATIC)(
+        model, input_ids, attention_mask, max_new_tokens=max_new_tokens
+    )
+    return _jitted(_sample_loop, _SAMPLE_STATIC)(
+        model,
+        logits,
+        cache,
+        rng,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+    )

@@ -120,19 +120,26 @@ def train_on_devices(workdir, devices, steps, **overrides):
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sharded_mesh_matches_one_device(tmp_path):
-    one = train_on_devices(tmp_path / "one", 1, 6)
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """10 steps on one device: what the sharded runs below must reproduce."""
+    return train_on_devices(tmp_path_factory.mktemp("one_device"), 1, 10)
+
+
+def test_sharded_mesh_matches_one_device(tmp_path, one_device):
     cube = train_on_devices(
         tmp_path / "cube",
         8,
-        6,
+        10,
         **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "mesh.rules": "fsdp_tp"},
     )
-    np.testing.assert_allclose([r["loss"] for r in cube], [r["loss"] for r in one], rtol=1e-4)
+    np.testing.assert_allclose(
+        [r["loss"] for r in cube], [r["loss"] for r in one_device], rtol=1e-4
+    )
 
 
-def test_restore_onto_a_different_mesh(tmp_path):
-    reference = train_on_devices(tmp_path / "ref", 1, 10)
+def test_restore_onto_a_different_mesh(tmp_path, one_device):
+    reference = one_device
     train_on_devices(tmp_path / "run", 8, 5, **{"mesh.data": 1, "mesh.fsdp": 8})
     resumed = train_on_devices(
         tmp_path / "run",
