@@ -7,17 +7,20 @@
 self-attention `KVCache`, the number of positions filled so far, the mask over the cached
 positions, and for an encoder-decoder the cross-attention keys and values projected once from
 the encoder's output. Both are pytrees (`flax.struct.dataclass`): they pass through `jit` and
-`lax.while_loop` as they are, and `jax.tree.map` reaches every array.
+`lax.while_loop` as they are, and `jax.tree.map` reaches every array. `cache_bytes` sizes one
+before it is made, and `check_cache_fits` refuses one larger than half the free memory.
 
 Shapes: B batch, L cache length (prompt + new tokens), S encoder length, N heads, H head dim.
 """
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from sharding import rules
@@ -79,3 +82,42 @@ class DecodingCache:
     @property
     def max_length(self) -> int:
         return self.layers[0].length
+
+
+# ----------------------------------------------------------------------------- its size
+
+
+def cache_bytes(cfg, *, rows: int, length: int) -> int:
+    """Bytes of a decoding cache: every decoder layer's keys and values for `rows` sequences
+    of `length` positions, in the compute dtype."""
+    per_position = 2 * cfg.num_heads * cfg.d_kv * np.dtype(cfg.dtype).itemsize
+    return cfg.decoder_layers * rows * length * per_position
+
+
+def free_memory_bytes() -> int | None:
+    """Memory free on the first local device (host RAM on CPU); None where unknown."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache_fits(model, *, rows: int, prompt_length: int, max_new_tokens: int) -> None:
+    """ValueError naming max_new_tokens when the decoding cache would take more than half the
+    free memory (the rest is for the weights, the activations and the loop's buffers)."""
+    free = free_memory_bytes()
+    prompt = prompt_length if model.continues_prompt else 0  # decoder-only caches the prompt
+    need = cache_bytes(model.config, rows=rows, length=prompt + max_new_tokens)
+    if free is None or need <= free // 2:
+        return
+    fits = free // 2 // cache_bytes(model.config, rows=rows, length=1) - prompt
+    raise ValueError(
+        f"max_new_tokens={max_new_tokens} needs a {need / 2**30:.1f} GiB decoding cache "
+        f"({rows} sequences x {prompt + max_new_tokens} positions x "
+        f"{model.config.decoder_layers} layers), more than half the {free / 2**30:.1f} GiB free "
+        f"on {jax.local_devices()[0].platform}; at most about {max(fits, 0):,} new tokens fit"
+    )

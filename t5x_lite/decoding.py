@@ -20,13 +20,13 @@ drives.
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from t5x_lite import cache as cache_lib
 from t5x_lite import models
 from t5x_lite.cache import DecodingCache
 
@@ -382,42 +382,6 @@ def check_flags(
             raise ValueError(message)
 
 
-def cache_bytes(cfg, *, rows: int, length: int) -> int:
-    """Bytes of a decoding cache: every decoder layer's keys and values for `rows` sequences
-    of `length` positions, in the compute dtype."""
-    per_position = 2 * cfg.num_heads * cfg.d_kv * np.dtype(cfg.dtype).itemsize
-    return cfg.decoder_layers * rows * length * per_position
-
-
-def free_memory_bytes() -> int | None:
-    """Memory free on the first local device (host RAM on CPU); None where unknown."""
-    device = jax.local_devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_cache_fits(model, *, rows: int, prompt_length: int, max_new_tokens: int) -> None:
-    """ValueError naming max_new_tokens when the decoding cache would take more than half the
-    free memory (the rest is for the weights, the activations and the loop's buffers)."""
-    free = free_memory_bytes()
-    prompt = prompt_length if model.continues_prompt else 0  # decoder-only caches the prompt
-    need = cache_bytes(model.config, rows=rows, length=prompt + max_new_tokens)
-    if free is None or need <= free // 2:
-        return
-    fits = free // 2 // cache_bytes(model.config, rows=rows, length=1) - prompt
-    raise ValueError(
-        f"max_new_tokens={max_new_tokens} needs a {need / 2**30:.1f} GiB decoding cache "
-        f"({rows} sequences x {prompt + max_new_tokens} positions x "
-        f"{model.config.decoder_layers} layers), more than half the {free / 2**30:.1f} GiB free "
-        f"on {jax.local_devices()[0].platform}; at most about {max(fits, 0):,} new tokens fit"
-    )
-
-
 def _pad_to_bucket(input_ids, attention_mask, pad_id):
     length = input_ids.shape[1]
     extra = bucket_length(length) - length
@@ -476,36 +440,39 @@ def generate(
         empty = np.flatnonzero(~attention_mask.any(axis=1)).tolist()
         raise ValueError(f"empty prompt: rows {empty} of input_ids have no real tokens")
     input_ids, attention_mask = _pad_to_bucket(input_ids, attention_mask, pad_id)
-    check_cache_fits(
+    cache_lib.check_cache_fits(
         model,
         rows=input_ids.shape[0] * num_beams,
         prompt_length=input_ids.shape[1],
         max_new_tokens=max_new_tokens,
     )
+    if num_beams == 1:
+        return sample_arrays(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            rng=jax.random.key(0) if rng is None else rng,
+        )
     logits, cache = _jitted(_prompt_pass, _PREFILL_STATIC)(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )
-    common = dict(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_id=eos_id, pad_id=pad_id
-    )
-    if num_beams > 1:
-        return _jitted(_beam_search, _BEAM_STATIC)(
-            model,
-            logits,
-            cache,
-            num_beams=num_beams,
-            length_penalty=float(length_penalty),
-            **common,
-        )
-    return _jitted(_sample_loop, _SAMPLE_STATIC)(
+    return _jitted(_beam_search, _BEAM_STATIC)(
         model,
         logits,
         cache,
-        jax.random.key(0) if rng is None else rng,
-        temperature=float(temperature),
-        top_k=int(top_k),
-        top_p=float(top_p),
-        **common,
+        num_beams=num_beams,
+        length_penalty=float(length_penalty),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
     )
 
 
@@ -516,15 +483,17 @@ def sample_arrays(
     *,
     max_new_tokens: int,
     temperature: float,
+    min_new_tokens: int = 0,
     top_k: int = 0,
     top_p: float = 1.0,
     eos_id: int = 1,
     pad_id: int = 0,
     rng,
 ):
-    """`generate`'s sampling on device arrays as they are: no host-side checks, padding or
-    length buckets, so the inputs may be global arrays laid out over a mesh of several
-    processes (PPO's rollouts). The caller checks the flags (`check_flags`) and fixes shapes."""
+    """`generate`'s greedy (temperature 0) or sampled loop on device arrays as they are: no
+    host-side checks, padding or length buckets, so the inputs may be global arrays laid out
+    over a mesh of several processes (PPO's rollouts). The caller checks the flags
+    (`check_flags`) and fixes the shapes."""
     logits, cache = _jitted(_prompt_pass, _PREFILL_STATIC)(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )
@@ -534,7 +503,7 @@ def sample_arrays(
         cache,
         rng,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
+        min_new_tokens=min_new_tokens,
         eos_id=eos_id,
         pad_id=pad_id,
         temperature=float(temperature),

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from t5x_lite import cache as cache_lib
 from t5x_lite import config, decoding, models
 
 
@@ -542,11 +543,11 @@ def test_a_cache_too_large_for_memory_is_an_error_naming_max_new_tokens(architec
     # The formula against the arrays the model allocates for a cache.
     cache = model.init_cache(3, 40)
     allocated = sum(x.nbytes for layer in cache.layers for x in (layer.k, layer.v))
-    assert decoding.cache_bytes(cfg, rows=3, length=40) == allocated
+    assert cache_lib.cache_bytes(cfg, rows=3, length=40) == allocated
     prompt = np.full((2, 8), 5)  # two rows, 16 positions once bucketed
     prompt_cached = 16 if architecture == "decoder_only" else 0
-    free = 2 * decoding.cache_bytes(cfg, rows=2, length=prompt_cached + 50)
-    monkeypatch.setattr(decoding, "free_memory_bytes", lambda: free)
+    free = 2 * cache_lib.cache_bytes(cfg, rows=2, length=prompt_cached + 50)
+    monkeypatch.setattr(cache_lib, "free_memory_bytes", lambda: free)
     decoding.generate(model, prompt, max_new_tokens=50)  # fits in half the free memory
     with pytest.raises(ValueError, match=r"max_new_tokens=51 needs .* at most about 50 new"):
         decoding.generate(model, prompt, max_new_tokens=51)
