@@ -34,21 +34,10 @@ def tiny_t5():
     return model
 
 
-# The slowest files, run first: the two workers (pyproject's `-n 2 --dist loadfile`) hand out
-# whole files in collection order, so a long file started last would leave one worker idle.
-SLOW_FILES = (
-    "test_report.py", "test_train.py", "test_sharding.py", "test_lora.py", "test_trainer.py",
-    "test_own_data.py", "test_memory.py", "test_steps.py",
-)  # fmt: skip
-
-
 def pytest_collection_modifyitems(config, items):
-    """Slow files first (see SLOW_FILES). Under mutmut (tests/mutation_score.py), a mutant of
-    `package.module` runs only the unit tests mirrored on its module, tests/test_<module>.py (or
-    test_<package>.py): the fast tests that own the function, not every model test that happens
-    to call it."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable otherwise
+    """Under mutmut (tests/mutation_score.py), a mutant of `package.module` runs only the unit
+    tests mirrored on its module, tests/test_<module>.py (or test_<package>.py): the fast tests
+    that own the function, not every model test that happens to call it."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     if "__mutmut_" not in mutant:
         return
