@@ -67,13 +67,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.eos_token_id = None
     c.model.decoder_start_token_id = None
     c.model.param_dtype = None
+    c.model.remat = None  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # SentencePiece .model or directory ("" = shipped tiny tokenizer)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "embedded"  # embedded | jsonl (also .json .csv .parquet .txt) | hf | tfds
-    c.data.path = ""  # file for jsonl-like sources; dataset name for hf / tfds
+    # embedded | jsonl (also .json .csv .parquet .txt) | array_record | hf | tfds
+    c.data.source = "embedded"
+    # jsonl / array_record: a file, a glob (shards/*.jsonl) or a comma-separated list, maybe
+    # with {split}, or a directory of {split}.EXT / {split}-*.EXT files; hf / tfds: a dataset
+    c.data.path = ""
     c.data.split = "train"
     c.data.eval_split = "validation"  # "" disables eval
     # A file to evaluate on (same formats as data.path). A single-file data.path has no other
@@ -87,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.skip_bad_records = False  # skip (and count) malformed records instead of failing
     c.data.shuffle = True
     c.data.num_shards = 0  # disjoint input shards (0: one per process); fixes the global batch
+    c.data.shuffle_buffer = 10_000  # jsonl / hf are streamed: shuffled within windows of this
+    c.data.worker_count = 0  # grain worker processes for the training pipeline (0: in-process)
 
     # The loss keys, and the objective's own (its `Config` in objectives/<name>.py; a key the
     # recipe leaves out takes the default there).

@@ -34,6 +34,16 @@ def dtype_name(value: Any) -> str:
         raise ValueError(f"{value!r} is not a dtype; expected one of {', '.join(DTYPES)}") from e
 
 
+# remat policy -> the `jax.checkpoint_policies` function it names (None: keep nothing; "none"
+# is no rematerialisation at all).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": "dots_saveable",
+    "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shapes and options of a T5-family model (HF `T5Config` names where one exists)."""
@@ -58,8 +68,16 @@ class ModelConfig:
     decoder_start_token_id: int = 0
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"  # parameters and optimizer state stay float32
+    # Rematerialisation of each block in training (`REMAT_POLICIES`): what the backward pass
+    # recomputes instead of keeping from the forward pass. A runtime choice: not in HF configs.
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat={self.remat!r} is not a remat policy; expected one of "
+                f"{', '.join(REMAT_POLICIES)}"
+            )
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"architecture={self.architecture!r} is not supported; expected one of "

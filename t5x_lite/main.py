@@ -3,6 +3,7 @@
 t5x-lite train [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...]
 t5x-lite convert --from-hf HF_DIR --to CKPT_DIR      # HF -> native Orbax checkpoint
 t5x-lite convert --from WORKDIR --to-hf HF_DIR       # workdir or native -> HF directory
+t5x-lite data prepare --input GLOB --out DIR [--num-shards N] [--tokenizer DIR --field F]
 t5x-lite tokenizer train --input FILE [--field dialogue] --vocab-size N --out DIR
 t5x-lite tokenizer train-embedded [--out DIR]        # retrain the shipped tokenizer
 t5x-lite generate --model DIR [--prompt TEXT ...|--prompts-file FILE|stdin] [sampling flags]
@@ -14,6 +15,7 @@ t5x-lite compare --workdirs A B C [--out DIR]        # fine-tuning runs side by 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -55,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "memory", help="memory and FLOPs of a training config (analytic and XLA), no allocation"
     )
     memory.add_argument("--config", default=None, help="configs/X.py[:arg]")
+    memory.add_argument("--choices", action="store_true", help="XLA's numbers per remat policy")
+    memory.add_argument("--fit", type=float, help="bytes a device: the cheapest settings that fit")
 
     convert = sub.add_parser("convert", help="convert between HF and native checkpoints")
     src = convert.add_mutually_exclusive_group(required=True)
@@ -71,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
         help="load as encoder_decoder or encoder_only (default: from config)",
     )
 
+    prep = sub.add_parser("data", help="data tools").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
+    prep = prep.add_parser("prepare", help="files or a HF dataset -> ArrayRecord shards")
+    prep.add_argument("--input", help="a file, glob or list (.jsonl .json .csv .parquet .txt)")
+    prep.add_argument("--hf", help="a Hugging Face dataset to stream instead of --input")
+    prep.add_argument("--split", default="train", help="the split to write (and read, --hf)")
+    prep.add_argument("--out", required=True, help="directory for {split}-*.array_record")
+    prep.add_argument("--num-shards", type=int, default=1)
+    prep.add_argument("--tokenizer", help="store --field as token ids of this tokenizer")
+    prep.add_argument("--field", action="append", default=None, help="a field to tokenize")
+    prep.add_argument("--skip-bad-records", action="store_true")
     tok = sub.add_parser("tokenizer", help="tokenizer tools")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     tok_train = tok_sub.add_parser("train", help="train a T5 SentencePiece tokenizer")
@@ -316,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         from t5x_lite import memory
 
         config = objectives.load_config(args.config, extra)
-        print(memory.format_report(memory.analyze(config, objectives.get(config.objective.name))))
+        objective = objectives.get(config.objective.name)
+        if args.fit:
+            print(memory.format_fit(memory.fit(config, objective, args.fit), args.fit))
+        elif args.choices:
+            print(memory.format_choices(memory.choices(config, objective)))
+        else:
+            print(memory.format_report(memory.analyze(config, objective)))
     elif args.command == "convert":
         from t5x_lite import conversion
 
@@ -326,6 +348,26 @@ def main(argv: list[str] | None = None) -> int:
             conversion.native_to_hf(args.from_native, args.to_hf)
         else:
             parser.error("convert goes --from-hf DIR --to DIR, or --from DIR --to-hf DIR")
+    elif args.command == "data":
+        from t5x_lite import data, tokenizer
+
+        if bool(args.input) == bool(args.hf):
+            parser.error("data prepare reads --input GLOB or --hf DATASET (one of them)")
+        source, path = ("hf", args.hf) if args.hf else ("jsonl", args.input)
+        spec = data.DataSpec(source, path, args.split, skip_bad_records=args.skip_bad_records)
+        path_key = "--hf" if args.hf else "--input"
+        spec = dataclasses.replace(spec, path_key=path_key, split_key="--split")
+        tok = tokenizer.load(args.tokenizer) if args.tokenizer else None
+        records = data.open_source(spec).shard(0, 1, seed=0, shuffle=False, repeat=False)
+        done = data.prepare(
+            records,
+            args.out,
+            split=args.split,
+            num_shards=args.num_shards,
+            tokenizer=tok,
+            fields=args.field,
+        )
+        print(f"wrote {done['records']} records to {len(done['files'])} file(s) in {args.out}")
     elif args.command == "tokenizer":
         from t5x_lite import corpus, tokenizer
 

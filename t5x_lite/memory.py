@@ -16,7 +16,18 @@ Analytic, per device (B_d = batch per data-parallel shard):
                      a stack over T tokens     T*(6D + 4NH + 3F) + 3*N*T*T  (F twice if gated)
                      its cross-attention to S  T*(2D + 2NH) + 2S*NH + 3*N*T*S
                      LM head  3*T*V  (logits, softmax, gradient), times B_d and 4 bytes
-The familiar "4 bytes per parameter to hold, ~16 to train with AdamW" is the first three rows.
+The familiar "4 bytes per parameter to hold, ~16 to train with AdamW" is the first three rows;
+the report also puts the rule of thumb "about 6 x the float32 weights to train with Adam"
+beside the exact figure. The activations row assumes `model.remat=none`; XLA's numbers are for
+the configured policy.
+
+    t5x-lite memory --choices ...        # XLA's numbers for each remat policy, side by side
+    t5x-lite memory --fit 16e9 ...       # the cheapest settings whose step fits 16 GB a device
+
+`fit` tries, cheapest first: the configured mesh, then more of it on `fsdp`; for each, remat
+policies by the compute they add (none, dots_with_no_batch_dims_saveable, dots_saveable,
+full); for each, 1, 2, 4, ... micro-batches (`optim.grad_accum_steps`). The first whose
+compiled step fits is the answer; if none does, the smallest footprint found, said so.
 """
 
 from __future__ import annotations
@@ -29,7 +40,10 @@ import numpy as np
 from flax import nnx
 
 from t5x_lite import data, flops, models, resolve, train
-from t5x_lite.config import ModelConfig
+from t5x_lite.config import REMAT_POLICIES, ModelConfig
+
+RULE_OF_THUMB = 6  # training with Adam takes about 6 x the float32 weights (the seed's rule)
+REMAT_ORDER = ("none", "dots_with_no_batch_dims_saveable", "dots_saveable", "full")
 
 
 def _per_device_bytes(abstract: nnx.State, shardings: nnx.State) -> tuple[int, int, int]:
@@ -147,7 +161,83 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         "targets_length": lengths.get("targets_length", 0),
         "backend": mesh.devices.flat[0].platform,
         "dtype": cfg.dtype,
+        "remat": cfg.remat,
+        "rule_of_thumb_bytes": RULE_OF_THUMB * 4 * count // mesh.size,
     }
+
+
+def with_settings(config: ml_collections.ConfigDict, **settings) -> ml_collections.ConfigDict:
+    """A copy of `config` with `remat`, `micro_batches` and `fsdp` (mesh.fsdp; `mesh.data`
+    takes the rest of the devices) as given."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if "remat" in settings:
+        config.model.remat = settings["remat"]
+    if "micro_batches" in settings:
+        config.optim.grad_accum_steps = settings["micro_batches"]
+    if "fsdp" in settings:
+        config.mesh.fsdp, config.mesh.data = settings["fsdp"], -1
+    return config
+
+
+def choices(config: ml_collections.ConfigDict, objective) -> list[dict]:
+    """`analyze` under each remat policy (the config's mesh and micro-batches)."""
+    return [analyze(with_settings(config, remat=r), objective) for r in REMAT_POLICIES]
+
+
+def fit(config: ml_collections.ConfigDict, objective, budget: float) -> dict:
+    """The cheapest settings (module docstring) whose compiled step needs at most `budget`
+    bytes a device: {"fits", "settings", "report", "tried"}; if none fits, the smallest."""
+    devices = jax.device_count()
+    fsdp_options = [config.mesh.fsdp] + [
+        f for f in (2**i for i in range(1, 20)) if f > config.mesh.fsdp and devices % f == 0
+    ]
+    data_parallel = devices // max(config.mesh.tensor, 1)  # the batch splits over data x fsdp
+    micro = [
+        m for m in (2**i for i in range(12)) if config.train.batch_size % (m * data_parallel) == 0
+    ]
+    tried, best = [], None
+    for fsdp in fsdp_options:
+        for remat in REMAT_ORDER:
+            for m in micro:
+                settings = dict(fsdp=fsdp, remat=remat, micro_batches=m)
+                report = analyze(with_settings(config, **settings), objective)
+                tried.append((settings, report["xla_total_bytes"]))
+                if best is None or report["xla_total_bytes"] < best[1]["xla_total_bytes"]:
+                    best = (settings, report)
+                if report["xla_total_bytes"] <= budget:
+                    return dict(fits=True, settings=settings, report=report, tried=tried)
+    return dict(fits=False, settings=best[0], report=best[1], tried=tried)
+
+
+def format_choices(reports: list[dict]) -> str:
+    gib = lambda b: f"{b / 2**30:.3f}"
+    lines = [
+        "| model.remat | XLA temporaries (GiB) | XLA total (GiB) | vs none |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    base = reports[0]["xla_temp_bytes"]
+    for r in reports:
+        lines.append(
+            f"| {r['remat']} | {gib(r['xla_temp_bytes'])} | {gib(r['xla_total_bytes'])} | "
+            f"{r['xla_temp_bytes'] / base - 1:+.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def format_fit(result: dict, budget: float) -> str:
+    s, r = result["settings"], result["report"]
+    flags = (
+        f"--config.mesh.fsdp={s['fsdp']} --config.mesh.data=-1 --config.model.remat={s['remat']} "
+        f"--config.optim.grad_accum_steps={s['micro_batches']}"
+    )
+    total = f"{r['xla_total_bytes'] / 2**30:.3f} GiB a device"
+    head = (
+        f"fits {budget / 2**30:.3f} GiB a device: {flags} ({total})"
+        if result["fits"]
+        else f"nothing tried fits {budget / 2**30:.3f} GiB a device ({len(result['tried'])} "
+        f"settings); the smallest footprint found: {flags} ({total})"
+    )
+    return head + "\n\n" + format_report(r)
 
 
 def format_report(r: dict) -> str:
@@ -163,8 +253,10 @@ def format_report(r: dict) -> str:
         f"  optimizer state        {gib(r['optimizer_bytes'])}",
         f"  activations (est.)     {gib(r['activation_bytes'])}",
         f"  total                  {gib(r['analytic_total_bytes'])}",
+        f"  rule of thumb          {gib(r['rule_of_thumb_bytes'])}  (6 x float32 weights)",
         "",
-        f"per device                 XLA on {r['backend']} (compiled train step)",
+        f"per device                 XLA on {r['backend']} (compiled train step, "
+        f"remat {r['remat']})",
         f"  arguments              {gib(r['xla_argument_bytes'])}",
         f"  temporaries            {gib(r['xla_temp_bytes'])}",
         f"  outputs not aliased    {gib(r['xla_output_bytes'] - r['xla_alias_bytes'])}",

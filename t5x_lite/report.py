@@ -80,7 +80,7 @@ def _eval_records(config) -> list[dict]:
     spec = resolve.data_spec(config, train=False)
     if spec is None:
         raise ValueError(f"{config.workdir}: eval is off in its config, so no held-out records")
-    return data.read_records(spec)[: config.train.generate_examples or 64]
+    return data.read_records(spec, limit=config.train.generate_examples or 64)
 
 
 def zero_shot(config, model, tok) -> dict:

@@ -62,7 +62,7 @@ def keep_tokenizer(workdir: Path, tok: tokenizer_lib.Tokenizer) -> None:
 
 
 # ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "remat")
 
 
 VOCAB_MULTIPLE = 128  # T5 pads its 32,100 ids to 32,128
@@ -179,7 +179,10 @@ def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpe
     single-file `data.path` has no eval split, so there it needs `data.eval_path`."""
     d = config.data
     common = dict(
-        input_field=d.input_field, target_field=d.target_field, skip_bad_records=d.skip_bad_records
+        input_field=d.input_field,
+        target_field=d.target_field,
+        skip_bad_records=d.skip_bad_records,
+        shuffle_buffer=d.get("shuffle_buffer", 10_000),  # (configs saved before it have none)
     )
     if train:
         return data.DataSpec(d.source, d.path, d.split, **common)
@@ -191,7 +194,7 @@ def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpe
             )
         split = d.eval_split or "validation"
         return data.DataSpec(
-            "jsonl",
+            "array_record" if d.source == "array_record" else "jsonl",
             d.eval_path,
             split,
             **common,
@@ -201,7 +204,7 @@ def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpe
     if not d.eval_split:
         log.info("eval is off: data.eval_split and data.eval_path are empty")
         return None
-    if d.source == "jsonl" and data.is_single_file(d.path):
+    if d.source in ("jsonl", "array_record") and data.is_single_file(d.path):
         log.warning(
             "eval is off: data.path=%s is one file, with no %r split; set data.eval_path to a "
             "held-out file (or to data.path to evaluate on the training file)",
@@ -212,7 +215,7 @@ def data_spec(config: ml_collections.ConfigDict, *, train: bool) -> data.DataSpe
     return data.DataSpec(d.source, d.path, d.eval_split, **common, split_key="data.eval_split")
 
 
-def input_fields(config, objective, records: list[dict]) -> dict:
+def input_fields(config, objective) -> dict:
     """The objective's {feature: record field}; with `data.template`, the feature that reads
     `data.input_field` gets the template's prompt around that field's text instead."""
     d = config.data
@@ -220,10 +223,10 @@ def input_fields(config, objective, records: list[dict]) -> dict:
     if not d.get("template"):  # (configs saved before data.template have none)
         return fields
     template = prompts.get_template(d.template)
-    data.check_fields(records, [d.input_field])
 
     def render(record: dict) -> str:
-        return template.render({template.truncate_field: record[d.input_field]}, with_answer=False)
+        text = data.field(record, d.input_field)
+        return template.render({template.truncate_field: text}, with_answer=False)
 
     return {k: render if f == d.input_field else f for k, f in fields.items()}
 

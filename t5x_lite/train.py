@@ -182,13 +182,13 @@ def make_pipeline(
             f"number of processes ({jax.process_count()})"
         )
     options, _ = resolve.loss_options(config, objective)
-    records = data.read_records(spec, stats)
+    source = data.open_source(spec, stats)
     _, max_tokens = objective.make_stages(tok, seed=config.train.seed, **options)
     counter = data.TruncationCounter(max_tokens)
     ds = data.make_dataset(
-        records,
+        source,
         tokenizer=tok,
-        fields=resolve.input_fields(config, objective, records),
+        fields=resolve.input_fields(config, objective),
         stages=lambda shard: objective.make_stages(
             tok, seed=config.train.seed + 7919 * shard, **options
         )[0],
@@ -200,6 +200,7 @@ def make_pipeline(
         truncation=counter,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        worker_count=config.data.get("worker_count", 0) if train else 0,
     )
     return ds, counter
 
@@ -360,7 +361,7 @@ def generation_eval(config, program: Program, tok, spec: data.DataSpec):
         return None
     from t5x_lite import icl
 
-    records = data.read_records(spec)[:n]
+    records = data.read_records(spec, limit=n)
     max_length = config.objective.get("inputs_length", 512)
 
     def generated(model_state) -> dict:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from sharding import rules
 from t5x_lite.attention import KVCache, MultiHeadAttention
-from t5x_lite.config import ModelConfig
+from t5x_lite.config import REMAT_POLICIES, ModelConfig
 from t5x_lite.layers import MLP, RMSNorm
 from t5x_lite.position import RelativePositionBias
 
@@ -65,6 +65,20 @@ class Block(nnx.Module):
         return x, cache
 
 
+def run_block(layer: Block, x, bias, mask, encoded, cross_mask, cache, cache_index, cross_kv):
+    """`layer(x, ...)` with every argument positional, as `nnx.remat` needs them."""
+    return layer(
+        x,
+        bias=bias,
+        mask=mask,
+        encoded=encoded,
+        cross_mask=cross_mask,
+        cache=cache,
+        cache_index=cache_index,
+        cross_kv=cross_kv,
+    )
+
+
 class Stack(nnx.Module):
     """Embeddings -> dropout -> blocks (sharing one position bias) -> RMSNorm -> dropout."""
 
@@ -94,6 +108,16 @@ class Stack(nnx.Module):
             cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, rngs=rngs
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        self.remat = cfg.remat
+
+    def block_fn(self, cached: bool):
+        """`run_block`, under `jax.checkpoint` with the configured policy when training
+        (decoding, with a cache, runs no backward pass)."""
+        if self.remat == "none" or cached:
+            return run_block
+        name = REMAT_POLICIES[self.remat]
+        policy = None if name is None else getattr(jax.checkpoint_policies, name)
+        return nnx.remat(run_block, policy=policy, prevent_cse=True)
 
     def __call__(
         self,
@@ -112,16 +136,18 @@ class Stack(nnx.Module):
         x = self.dropout(x)
         new_cache = []
         x = rules.constrain(x, ACTIVATION)
+        block = self.block_fn(cached=cache is not None)
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(
+            x, layer_cache = block(
+                layer,
                 x,
-                bias=bias,
-                mask=mask,
-                encoded=encoded,
-                cross_mask=cross_mask,
-                cache=None if cache is None else cache[i],
-                cache_index=cache_index,
-                cross_kv=None if cross_cache is None else cross_cache[i],
+                bias,
+                mask,
+                encoded,
+                cross_mask,
+                None if cache is None else cache[i],
+                cache_index,
+                None if cross_cache is None else cross_cache[i],
             )
             new_cache.append(layer_cache)
             x = rules.constrain(x, ACTIVATION)  # block boundary: (batch, length, embed)

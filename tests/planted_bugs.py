@@ -147,6 +147,20 @@ PLANTS = (
         "        pass",
         ("tests/test_trainer.py::test_resume_continues_as_an_uninterrupted_run",),
     ),
+    Plant(
+        "a file stream keeps every record, not its shard's one in S",
+        "t5x_lite/sources.py",
+        '            mine = s["count"] % ds.stride == ds.offset',
+        "            mine = True",
+        ("tests/test_sources.py::test_processes_over_a_glob_of_shards_partition_the_corpus",),
+    ),
+    Plant(
+        "a restored file stream starts its file again instead of at the saved offset",
+        "t5x_lite/sources.py",
+        '            s.update(count=s["count"] + 1, pos=pos)',
+        '            s.update(count=s["count"] + 1)',
+        ("tests/test_sources.py::test_resumed_processes_see_the_batches_of_an_uninterrupted_run",),
+    ),
 )
 
 

@@ -78,11 +78,11 @@ def test_tfds_source_decodes_bytes(monkeypatch):
     examples = [{"dialogue": "héllo".encode(), "summary": b"s0", "id": 7}]
     calls = []
 
-    def load(name, split):
+    def data_source(name, split):  # random access, as tfds.data_source's ArrayRecord reader
         calls.append((name, split))
         return examples
 
-    fake = types.SimpleNamespace(load=load, as_numpy=lambda ds: iter(ds))
+    fake = types.SimpleNamespace(data_source=data_source)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     got = data.read_records(data.DataSpec(source="tfds", path="dialogs", split="test"))
     assert calls == [("dialogs", "test")]
@@ -100,7 +100,9 @@ def test_split_template_and_directory(tmp_path):
 
 
 def test_unknown_source_and_extension(tmp_path):
-    with pytest.raises(ValueError, match="data.source='s3'.*embedded, jsonl, hf, tfds"):
+    with pytest.raises(
+        ValueError, match="data.source='s3'.*embedded, jsonl, array_record, hf, tfds"
+    ):
         data.read_records(data.DataSpec(source="s3"))
     (tmp_path / "x.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="unsupported extension '.xml'"):

@@ -354,7 +354,7 @@ def test_missing_field_names_field_position_and_fields(tmp_path):
     )
     with pytest.raises(
         KeyError,
-        match=r"record 1 \(.*d\.jsonl:2\) has no field 'dialogue'.*"
+        match=r"record at .*d\.jsonl:2 has no field 'dialogue'.*"
         r"\['id', 'text'\]",
     ):
         run_inprocess(
