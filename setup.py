@@ -47,6 +47,8 @@ setup(
             "pytest-xdist>=3.5,<4",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],
+        "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
         "mutation": ["mutmut>=3.8,<4"],
     },
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:run"]},

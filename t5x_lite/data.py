@@ -389,6 +389,32 @@ def prepare(
     return info["splits"][split]
 
 
+def prepare_command(args) -> dict:
+    """`t5x-lite data prepare`: `args.input` (files) or `args.hf` (a dataset, streamed) ->
+    `prepare`, errors in the command's flags."""
+    from t5x_lite import tokenizer
+
+    source, path = ("hf", args.hf) if args.hf else ("jsonl", args.input)
+    spec = DataSpec(
+        source,
+        path,
+        args.split,
+        skip_bad_records=args.skip_bad_records,
+        path_key="--hf" if args.hf else "--input",
+        split_key="--split",
+    )
+    tok = tokenizer.load(args.tokenizer) if args.tokenizer else None
+    records = open_source(spec).shard(0, 1, seed=0, shuffle=False, repeat=False)
+    return prepare(
+        records,
+        args.out,
+        split=args.split,
+        num_shards=args.num_shards,
+        tokenizer=tok,
+        fields=args.field,
+    )
+
+
 def check_prepared(files: list[Path], tokenizer) -> None:
     """ArrayRecord shards holding token ids must meet the tokenizer that made them."""
     info_path = files[0].parent / PREPARED

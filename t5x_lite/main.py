@@ -15,7 +15,6 @@ t5x-lite compare --workdirs A B C [--out DIR]        # fine-tuning runs side by 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import re
@@ -349,24 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error("convert goes --from-hf DIR --to DIR, or --from DIR --to-hf DIR")
     elif args.command == "data":
-        from t5x_lite import data, tokenizer
+        from t5x_lite import data
 
         if bool(args.input) == bool(args.hf):
             parser.error("data prepare reads --input GLOB or --hf DATASET (one of them)")
-        source, path = ("hf", args.hf) if args.hf else ("jsonl", args.input)
-        spec = data.DataSpec(source, path, args.split, skip_bad_records=args.skip_bad_records)
-        path_key = "--hf" if args.hf else "--input"
-        spec = dataclasses.replace(spec, path_key=path_key, split_key="--split")
-        tok = tokenizer.load(args.tokenizer) if args.tokenizer else None
-        records = data.open_source(spec).shard(0, 1, seed=0, shuffle=False, repeat=False)
-        done = data.prepare(
-            records,
-            args.out,
-            split=args.split,
-            num_shards=args.num_shards,
-            tokenizer=tok,
-            fields=args.field,
-        )
+        done = data.prepare_command(args)
         print(f"wrote {done['records']} records to {len(done['files'])} file(s) in {args.out}")
     elif args.command == "tokenizer":
         from t5x_lite import corpus, tokenizer

@@ -255,8 +255,8 @@ def format_report(r: dict) -> str:
         f"  total                  {gib(r['analytic_total_bytes'])}",
         f"  rule of thumb          {gib(r['rule_of_thumb_bytes'])}  (6 x float32 weights)",
         "",
-        f"per device                 XLA on {r['backend']} (compiled train step, "
-        f"remat {r['remat']})",
+        f"per device                 XLA on {r['backend']} (compiled train step), "
+        f"model.remat={r['remat']}",
         f"  arguments              {gib(r['xla_argument_bytes'])}",
         f"  temporaries            {gib(r['xla_temp_bytes'])}",
         f"  outputs not aliased    {gib(r['xla_output_bytes'] - r['xla_alias_bytes'])}",

@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
         "train.generate_examples": 32,
         "checkpoint.every": 30,
     }
-    for method, lr in (("full", 1e-2), ("lora", 2e-2), ("prompt", 0.3)):
+    for method, lr in (("full", 1e-2), ("lora", 5e-3), ("prompt", 0.3)):
         recipe = f"configs/finetune.py:method={method}"
         _train(cwd, "--config", recipe, **short, **{"optim.learning_rate": lr})
     return cwd
