@@ -5,7 +5,6 @@ a HF directory, and the errors users see for bad config and data."""
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -116,42 +115,6 @@ def test_exact_resume_after_kill(tmp_path):
     a, b = logged(tmp_path / "a"), logged(tmp_path / "b")
     assert [r["step"] for r in b] == [r["step"] for r in a]
     assert [r["loss"] for r in b] == [r["loss"] for r in a]
-
-
-@pytest.mark.parametrize("source", ["jsonl", "array_record"])
-def test_resume_over_shards_sees_the_batches_of_an_uninterrupted_run(tmp_path, source):
-    """Over a glob of JSONL shards, or the ArrayRecord shards `data prepare` makes of them: a
-    run resumed from its step-2 checkpoint (the later one removed, as a crash leaves it) ends
-    with the parameters and losses of the uninterrupted run, so it read the same batches; the
-    streams' state (file, offset, shuffle window) went through the Orbax checkpoint."""
-    from t5x_lite import corpus
-
-    rows = corpus.splits()["train"][:120]
-    for i in range(3):
-        _jsonl(tmp_path / f"part-{i}.jsonl", [json.dumps(r) for r in rows[i::3]])
-    path = str(tmp_path / "part-*.jsonl")
-    if source == "array_record":
-        records = data.open_source(data.DataSpec("jsonl", path)).head()
-        data.prepare(records, tmp_path / "ar", num_shards=3)
-        path = str(tmp_path / "ar")
-    overrides = {
-        "data.source": source,
-        "data.path": path,
-        "data.eval_split": "",
-        "data.shuffle_buffer": 5,
-        "objective.name": "seq2seq",  # a record or more per row: windows end mid-file
-        "objective.targets_length": 16,
-        "train.steps": 4,
-        "train.log_every": 1,
-        "checkpoint.every": 2,
-        "model.dropout_rate": 0.1,
-    }
-    run_inprocess(tmp_path / "w", **overrides)
-    want, want_losses = _params(tmp_path / "w"), [r["loss"] for r in logged(tmp_path / "w")]
-    shutil.rmtree(tmp_path / "w" / "checkpoints" / "4")
-    run_inprocess(tmp_path / "w", **overrides)
-    chex.assert_trees_all_equal(_params(tmp_path / "w"), want)
-    assert [r["loss"] for r in logged(tmp_path / "w")] == want_losses
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
