@@ -7,7 +7,8 @@ Method:
 
 - Train: the `t5x-lite train` step (`steps.make_train_step`, seq2seq loss, AdamW) on random
   tokens, inputs 512 -> targets 114, in `--dtype` (bfloat16), for each preset and each setting
-  of a short sweep: `model.remat` in (none, dots_saveable, full) x global batch in `--batches`.
+  of a short sweep: `model.remat` in (none, dots_saveable, full) x `model.scan_layers` (unrolled,
+  scanned) x global batch in `--batches`.
   A setting that does not fit the device is skipped. Tokens/s counts inputs + targets; MFU is
   the analytic model FLOPs (`t5x_lite.flops`, 6 x parameters x tokens plus attention) per second
   over the device's dense bf16 peak (`flops.PEAK_FLOPS` by device kind; on a CPU, a measured
@@ -15,7 +16,6 @@ Method:
 - Decode: `decoding.generate`, greedy, `--new-tokens` new tokens exactly, batch 1 and 64.
 - Peak device memory: the device's `peak_bytes_in_use` after the runs (GPU and TPU; a CPU
   does not report it).
-- `model.scan_layers` is not in the sweep yet (the stack is unrolled).
 
 Prints a table and writes `--out` (JSON).
 """
@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 
 from t5x_lite import config, decoding, flops, models  # noqa: E402
 
-REMAT_SWEEP = ("none", "dots_saveable", "full")
+# (model.remat, model.scan_layers) settings of the sweep; --quick tries the first and last.
+SWEEP = [(r, s) for r in ("none", "dots_saveable", "full") for s in (False, True)]
 
 
 def train_rate(cfg, batch: int, inputs: int, targets: int, steps: int) -> dict:
@@ -90,9 +91,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="t5-tiny, short lengths (CPU)")
     parser.add_argument("--out", default="accelerator.json")
     args = parser.parse_args()
-    sweep_remat = REMAT_SWEEP
+    settings = SWEEP
     if args.quick:
-        args.presets, args.batches, args.steps, sweep_remat = "t5-tiny", "4", 2, ("none", "full")
+        args.presets, args.batches, args.steps, settings = "t5-tiny", "4", 2, SWEEP[:: len(SWEEP) - 1]
         args.inputs_length, args.targets_length, args.new_tokens = 32, 8, 4
         args.decode_batches = "1,4"
 
@@ -104,21 +105,21 @@ def main() -> None:
     for name in args.presets.split(","):
         cfg = config.get_preset(name, dtype=args.dtype, dropout_rate=0.0)
         sweep = []
-        for remat in sweep_remat:
+        for remat, scan in settings:
             for batch in map(int, args.batches.split(",")):
                 run = train_rate(
-                    cfg.replace(remat=remat),
+                    cfg.replace(remat=remat, scan_layers=scan),
                     batch,
                     args.inputs_length,
                     args.targets_length,
                     args.steps,
                 )
                 if run is not None:
-                    run.update(remat=remat, batch=batch, mfu=run["flops_per_s"] / peak)
+                    run.update(remat=remat, scan=scan, batch=batch, mfu=run["flops_per_s"] / peak)
                     sweep.append(run)
                     print(
-                        f"{name} remat={remat} batch={batch}: {run['tokens_per_s']:,.0f} "
-                        f"tokens/s, MFU {run['mfu']:.1%}",
+                        f"{name} remat={remat} scan_layers={scan} batch={batch}: "
+                        f"{run['tokens_per_s']:,.0f} tokens/s, MFU {run['mfu']:.1%}",
                         flush=True,
                     )
         decode = {
@@ -131,13 +132,16 @@ def main() -> None:
     results["peak_device_bytes"] = stats.get("peak_bytes_in_use")
 
     print(f"\n{args.dtype}, inputs {args.inputs_length} -> targets {args.targets_length}")
-    print("| preset | best remat | batch | train tokens/s | MFU | decode tokens/s (batch) |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
+    print(
+        "| preset | best remat | scan_layers | batch | train tokens/s | MFU | "
+        "decode tokens/s (batch) |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: | --- |")
     for name, r in results["presets"].items():
-        b = r["best"] or dict(remat="-", batch=0, tokens_per_s=0.0, mfu=0.0)
+        b = r["best"] or dict(remat="-", scan="-", batch=0, tokens_per_s=0.0, mfu=0.0)
         dec = ", ".join(f"{v:,.0f} ({k})" for k, v in r["decode_tokens_per_s"].items())
         print(
-            f"| {name} | {b['remat']} | {b['batch']} | {b['tokens_per_s']:,.0f} | "
+            f"| {name} | {b['remat']} | {b['scan']} | {b['batch']} | {b['tokens_per_s']:,.0f} | "
             f"{b['mfu']:.1%} | {dec} |"
         )
     peak_bytes = results["peak_device_bytes"]

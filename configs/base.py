@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.decoder_start_token_id = None
     c.model.param_dtype = None
     c.model.remat = None  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    c.model.scan_layers = None  # true: scan the blocks (stacked parameters, fast compile)
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # SentencePiece .model or directory ("" = shipped tiny tokenizer)

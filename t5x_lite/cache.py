@@ -40,13 +40,18 @@ class KVCache:
     AXES: ClassVar[tuple[str, ...]] = ("batch", "heads", "length", "kv")
 
     @classmethod
-    def zeros(cls, batch: int, length: int, num_heads: int, head_dim: int, dtype) -> KVCache:
-        shape = (batch, num_heads, length, head_dim)
+    def zeros(
+        cls, batch: int, length: int, num_heads: int, head_dim: int, dtype, *, layers: int = 0
+    ) -> KVCache:
+        """Empty (B, N, S, H) keys and values; (layers, B, N, S, H) for a scanned stack."""
+        shape = (layers,) * bool(layers) + (batch, num_heads, length, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)).constrain()
 
     def constrain(self) -> KVCache:
-        """Laid out by the sharding rules under an active mesh (a no-op without one)."""
-        return KVCache(rules.constrain(self.k, self.AXES), rules.constrain(self.v, self.AXES))
+        """Laid out by the sharding rules under an active mesh (a no-op without one); a scanned
+        stack's cache has a leading `layers` axis."""
+        axes = ("layers",) * (self.k.ndim - len(self.AXES)) + self.AXES
+        return KVCache(rules.constrain(self.k, axes), rules.constrain(self.v, axes))
 
     def update(self, k: jax.Array, v: jax.Array, index: jax.Array) -> KVCache:
         """This step's keys and values (B, N, T, H) written at positions index..index+T-1."""
@@ -58,7 +63,7 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[-2]
 
 
 @struct.dataclass
@@ -66,22 +71,44 @@ class DecodingCache:
     """A generating model's state between steps (see the module doc).
 
     index: () int32, the cache positions filled so far; the next token goes there.
-    layers: one self-attention `KVCache` (B, N, L, H) per decoder layer.
+    layers: one self-attention `KVCache` (B, N, L, H) per decoder layer; with
+        `model.scan_layers`, one `KVCache` of every layer's, (num_layers, B, N, L, H).
     key_mask: (B, L) 1 where a cache position holds a real token (left-padded prompts leave 0s),
         or None when every position up to `index` is real.
-    cross: an encoder-decoder's cross-attention `KVCache` (B, N, S, H) per decoder layer, or None.
+    cross: an encoder-decoder's cross-attention `KVCache` (B, N, S, H) per decoder layer (stacked
+        likewise when scanned), or None.
     cross_mask: (B, S) 1 for real encoder tokens, or None.
     """
 
     index: jax.Array
-    layers: list[KVCache]
+    layers: list[KVCache] | KVCache
     key_mask: jax.Array | None = None
-    cross: list[KVCache] | None = None
+    cross: list[KVCache] | KVCache | None = None
     cross_mask: jax.Array | None = None
 
     @property
+    def scanned(self) -> bool:
+        return isinstance(self.layers, KVCache)
+
+    @property
     def max_length(self) -> int:
-        return self.layers[0].length
+        return self.layers.length if self.scanned else self.layers[0].length
+
+    def take_rows(self, rows: jax.Array) -> DecodingCache:
+        """The self-attention caches of sequences `rows` (e.g. each beam's parent)."""
+        take = (lambda x: x[:, rows]) if self.scanned else (lambda x: x[rows])
+        return self.replace(layers=jax.tree.map(take, self.layers))
+
+    def repeat_rows(self, n: int) -> DecodingCache:
+        """Every sequence's state repeated n times in place: B rows -> B*n (one per beam)."""
+        repeat = lambda axis: lambda x: jnp.repeat(x, n, axis=axis)
+        per_layer = repeat(1 if self.scanned else 0)
+        return self.replace(
+            layers=jax.tree.map(per_layer, self.layers),
+            cross=jax.tree.map(per_layer, self.cross),
+            key_mask=jax.tree.map(repeat(0), self.key_mask),
+            cross_mask=jax.tree.map(repeat(0), self.cross_mask),
+        )
 
 
 # ----------------------------------------------------------------------------- its size

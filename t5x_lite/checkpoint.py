@@ -131,12 +131,14 @@ def load_model(
 ) -> models.Model:
     """Rebuild the model saved at `step` (default: latest), in eval mode.
 
-    `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`. `adapt`
-    (model -> model) adds parameters the checkpoint also holds, such as LoRA adapters, before
-    the parameters are read.
+    `config_overrides` change non-shape fields such as `dtype` or `dropout_rate`; a
+    `scan_layers` other than the checkpoint's converts the parameters' layout after reading.
+    `adapt` (model -> model) adds parameters the checkpoint also holds, such as LoRA adapters,
+    before the parameters are read.
     """
-    cfg = load_model_config(directory, step=step).replace(**config_overrides)
-    graphdef, state, rest = models.build_abstract(cfg)
+    saved = load_model_config(directory, step=step)
+    cfg = saved.replace(**config_overrides)
+    graphdef, state, rest = models.build_abstract(cfg.replace(scan_layers=saved.scan_layers))
     if adapt is not None:
         graphdef, state, rest = nnx.split(adapt(nnx.merge(graphdef, state, rest)), nnx.Param, ...)
     with jax.ensure_compile_time_eval():  # real arrays even when traced (nnx.eval_shape)
@@ -145,7 +147,7 @@ def load_model(
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state, rest)
     model.eval()
-    return model
+    return models.with_layout(model, scan_layers=cfg.scan_layers)
 
 
 def save_adapter(directory: str | os.PathLike, step: int, arrays, config: dict) -> Path:

@@ -71,6 +71,9 @@ class ModelConfig:
     # Rematerialisation of each block in training (`REMAT_POLICIES`): what the backward pass
     # recomputes instead of keeping from the forward pass. A runtime choice: not in HF configs.
     remat: str = "none"
+    # Scan the block stack (`jax.lax.scan` over parameters stacked under a leading `layers`
+    # axis): one block is compiled whatever the depth. Same outputs as the unrolled stack.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.remat not in REMAT_POLICIES:

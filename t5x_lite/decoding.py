@@ -146,11 +146,6 @@ def _gather_beams(x, index):
     return jnp.take_along_axis(x, index, axis=1)
 
 
-def _repeat_rows(tree, n):
-    """Each array with a batch axis repeated n times per row: (B, ...) -> (B*n, ...)."""
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, tree)
-
-
 @struct.dataclass
 class BeamState:
     """Beam search's carry. B batch, K num_beams, N max_new_tokens, V vocab."""
@@ -189,7 +184,7 @@ def _beam_search(
     model = _eval_model(model)
     batch, beams, n = logits.shape[0], num_beams, max_new_tokens
     # Every beam of a row starts identical; only beam 0 may expand at the first step.
-    logits, cache = _repeat_rows((logits, cache), beams)
+    logits, cache = jnp.repeat(logits, beams, axis=0), cache.repeat_rows(beams)
     vocab = logits.shape[-1]
     keep = 2 * beams
     top_beams = jnp.arange(keep) < beams  # only these candidates may become finished
@@ -251,7 +246,7 @@ def _beam_search(
 
         # Each running beam continues its parent's self-attention cache (cross K/V are the same
         # for every beam of a row).
-        cache = s.cache.replace(layers=jax.tree.map(lambda x: x[parent], s.cache.layers))
+        cache = s.cache.take_rows(parent)
         logits, cache = model.step(running_tokens[:, :, i].reshape(-1), cache)
         return BeamState(
             i=i + 1,

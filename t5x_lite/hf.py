@@ -291,6 +291,7 @@ def from_pretrained(
         **config_overrides,
     )
     files = _weight_files(directory)
+    scan_layers, cfg = cfg.scan_layers, cfg.replace(scan_layers=False)  # HF's layout, then ours
     entries = parameter_map(cfg)
     # tensor we need -> tensor stored in the files
     stored = {name: name for name in files}
@@ -346,7 +347,7 @@ def from_pretrained(
         var.set_value(jnp.asarray(value, dtype=cfg.param_dtype))
     model = nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
     model.eval()
-    return model
+    return models.with_layout(model, scan_layers=scan_layers)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -354,6 +355,7 @@ def from_pretrained(
 
 def to_hf_tensors(model: models.Model) -> dict[str, np.ndarray]:
     """HF T5 tensor name -> float32 numpy array, for every parameter of `model`."""
+    model = models.with_layout(model, scan_layers=False)  # HF's layout: one block per layer
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors = {}
     for ours, hf_name, (_, to_hf) in parameter_map(model.config):

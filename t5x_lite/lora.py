@@ -100,6 +100,11 @@ def _pattern_list(paths) -> str:
 def apply(model: models.Model, cfg: LoraConfig, *, seed: int = 0) -> models.Model:
     """Attach a new adapter to every weight whose path `cfg.targets` matches (in place; the model
     is returned). The base weights are untouched, so the outputs do not change until B trains."""
+    if model.config.scan_layers:
+        raise ValueError(
+            "LoRA adapts each layer's weights by path (encoder/layers/0/self_attn/q); set "
+            "model.scan_layers=false to train adapters (parameters convert on loading)"
+        )
     found = candidates(model)
     matched = [p for p in found if re.fullmatch(cfg.targets, p)]
     if not matched:

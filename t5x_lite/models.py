@@ -33,7 +33,7 @@ from t5x_lite.attention import (
 from t5x_lite.cache import DecodingCache, KVCache
 from t5x_lite.config import ModelConfig
 from t5x_lite.layers import Dense, Embed, SoftPrompt
-from t5x_lite.transformer import Stack
+from t5x_lite.transformer import Stack, stack_layers
 
 
 def shift_right(labels: jax.Array, decoder_start_token_id: int = 0, pad_id: int = 0) -> jax.Array:
@@ -111,10 +111,12 @@ def _run_causal(stack, x, key_valid, segment_ids, prefix, cache: DecodingCache |
 def _new_cache(cfg: ModelConfig, num_layers: int, batch_size: int, max_length: int, **fields):
     """A `DecodingCache` of `max_length` empty positions per layer; under an active mesh laid
     out by the same rules as everything else."""
-    layer = lambda: KVCache.zeros(batch_size, max_length, cfg.num_heads, cfg.d_kv, cfg.dtype)
-    return DecodingCache(
-        index=jnp.zeros((), jnp.int32), layers=[layer() for _ in range(num_layers)], **fields
-    )
+    shape = (batch_size, max_length, cfg.num_heads, cfg.d_kv, cfg.dtype)
+    if cfg.scan_layers:  # one cache with a leading layer axis, as the scan consumes it
+        layers = KVCache.zeros(*shape, layers=num_layers)
+    else:
+        layers = [KVCache.zeros(*shape) for _ in range(num_layers)]
+    return DecodingCache(index=jnp.zeros((), jnp.int32), layers=layers, **fields)
 
 
 def _embedding(cfg: ModelConfig, rngs: nnx.Rngs) -> Embed:
@@ -313,8 +315,7 @@ class EncoderDecoder(_Assembly):
         cache = _new_cache(self.config, self.config.decoder_layers, batch_size, max_length)
         if encoded is None:
             return cache
-        cross = [layer.cross_attn.project_kv(encoded).constrain() for layer in self.decoder.layers]
-        return cache.replace(cross=cross, cross_mask=attention_mask)
+        return cache.replace(cross=self.decoder.cross_kv(encoded), cross_mask=attention_mask)
 
     def prefill(self, input_ids, attention_mask, max_new_tokens: int):
         """Generation's prompt pass: the encoder runs once, its cross-attention K/V go into a
@@ -505,3 +506,25 @@ def build_abstract(cfg: ModelConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, nn
     graphdef, params, _ = nnx.split(nnx.eval_shape(lambda: build(cfg, seed=seed)), nnx.Param, ...)
     rest = jax.jit(lambda: nnx.split(build(cfg, seed=seed), nnx.Param, ...)[2])()
     return graphdef, params, rest
+
+
+def with_layout(model: Model, *, scan_layers: bool) -> Model:
+    """`model` (in eval mode) with its block stacks unrolled (a list of blocks) or scanned
+    (parameters stacked under a leading `layers` axis): the same function, parameters copied."""
+    if model.config.scan_layers == scan_layers:
+        return model
+    params = stack_layers(nnx.to_pure_dict(nnx.state(model, nnx.Param)), scanned=scan_layers)
+    graphdef, state, rest = build_abstract(model.config.replace(scan_layers=scan_layers))
+    extra = {k for k, _ in nnx.to_flat_state(nnx.State(params))} - {
+        k for k, _ in nnx.to_flat_state(state)
+    }
+    if extra:  # adapters (LoRA) live beside the weights they adapt, one per layer
+        raise ValueError(
+            f"cannot change model.scan_layers of a model with {'/'.join(map(str, min(extra)))}; "
+            "convert the base model, then add its adapters"
+        )
+    with jax.ensure_compile_time_eval():
+        nnx.replace_by_pure_dict(state, params)
+    model = nnx.merge(graphdef, state, rest)
+    model.eval()
+    return model

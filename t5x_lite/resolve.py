@@ -61,8 +61,9 @@ def keep_tokenizer(workdir: Path, tok: tokenizer_lib.Tokenizer) -> None:
         os.replace(tmp, saved)  # whole or absent, never half written
 
 
-# ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "remat")
+# ModelConfig fields that a checkpoint's weights do not fix, so they may change on top of it
+# (`scan_layers` changes only the parameters' layout: they are converted on reading).
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "remat", "scan_layers")
 
 
 VOCAB_MULTIPLE = 128  # T5 pads its 32,100 ids to 32,128

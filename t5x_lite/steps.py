@@ -57,7 +57,9 @@ def make_train_step(
     def train_step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
         step = optimizer.step[...]
-        nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
+        # One key per step; a scanned stack's per-layer keys are split from it.
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        nnx.reseed(model, dropout=key, policy="match_shape")
         model_def, model_state = nnx.split(model)
 
         def micro_step(carry, micro):

@@ -156,9 +156,14 @@ def init_state(program: Program, config: ml_collections.ConfigDict) -> nnx.State
         target = nnx.to_pure_dict(params)  # the sharded arrays: shapes, dtypes, shardings
         source = config.model.init_from
         kind, where = conversion.locate(source, flag="model.init_from")
-        if kind == "native" and not checkpoint.load_json_item(where, checkpoint.ADAPTERS):
+        if (
+            kind == "native"
+            and not checkpoint.load_json_item(where, checkpoint.ADAPTERS)
+            and checkpoint.load_model_config(where).scan_layers == program.model_config.scan_layers
+        ):
             loaded = checkpoint.restore_params(where, target)  # each shard where it belongs
-        else:  # safetensors, or an adapted run's base (LoRA merged): read on the host, laid out
+        else:  # safetensors, an adapted run's base (LoRA merged), or the other layer layout:
+            # read on the host, converted, laid out
             runtime = resolve.runtime_overrides(config)
             model = conversion.load_model(source, flag="model.init_from", **runtime)
             if lora.config_of(model) is not None:
@@ -264,6 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, o
     )
     start = ckpts.latest_step or 0
     if ckpts.latest_step is not None:
+        saved = checkpoint.load_model_config(ckpts.directory, step=start).scan_layers
+        if saved != program.model_config.scan_layers:  # the optimizer state has that layout too
+            raise ValueError(
+                f"{ckpts.directory} was trained with model.scan_layers={saved}: resume with the "
+                f"same, or start a new workdir with model.init_from={str(workdir)!r} (converted)"
+            )
         state[0], state[1] = ckpts.restore(start, state[0], state[1], train_iter)
         log.info("resumed from %s at step %d", ckpts.directory, start)
 

@@ -101,9 +101,15 @@ class Stack(nnx.Module):
             param_dtype=pdtype,
             rngs=rngs,
         )
-        self.layers = nnx.List(
-            [Block(cfg, cross_attention=cross_attention, rngs=rngs) for _ in range(num_layers)]
-        )
+        self.scanned = cfg.scan_layers
+        if cfg.scan_layers:  # one Block whose parameters carry a leading (num_layers,) axis
+            self.layers = stacked_blocks(
+                cfg, num_layers, cross_attention=cross_attention, rngs=rngs
+            )
+        else:
+            self.layers = nnx.List(
+                [Block(cfg, cross_attention=cross_attention, rngs=rngs) for _ in range(num_layers)]
+            )
         self.final_norm = RMSNorm(
             cfg.d_model, eps=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype, rngs=rngs
         )
@@ -128,28 +134,79 @@ class Stack(nnx.Module):
         key_positions: jax.Array,  # (S,)
         encoded: jax.Array | None = None,
         cross_mask: jax.Array | None = None,
-        cache: list[KVCache] | None = None,
+        cache: list[KVCache] | KVCache | None = None,  # per layer, or stacked when scanned
         cache_index: jax.Array | None = None,
-        cross_cache: list[KVCache] | None = None,
-    ) -> tuple[jax.Array, list[KVCache] | None]:
+        cross_cache: list[KVCache] | KVCache | None = None,
+    ) -> tuple[jax.Array, list[KVCache] | KVCache | None]:
         bias = self.relative_bias(query_positions, key_positions)
         x = self.dropout(x)
-        new_cache = []
         x = rules.constrain(x, ACTIVATION)
         block = self.block_fn(cached=cache is not None)
-        for i, layer in enumerate(self.layers):
+
+        def step(x, layer, layer_cache, layer_cross_kv):
             x, layer_cache = block(
-                layer,
-                x,
-                bias,
-                mask,
-                encoded,
-                cross_mask,
-                None if cache is None else cache[i],
-                cache_index,
-                None if cross_cache is None else cross_cache[i],
+                layer, x, bias, mask, encoded, cross_mask, layer_cache, cache_index, layer_cross_kv
             )
-            new_cache.append(layer_cache)
-            x = rules.constrain(x, ACTIVATION)  # block boundary: (batch, length, embed)
+            return rules.constrain(x, ACTIVATION), layer_cache  # block boundary
+
+        if self.scanned:  # the caches, like the parameters, carry the leading layer axis
+            graphdef, layers = nnx.split(self.layers)
+
+            def scan_step(x, xs):
+                layer_state, layer_cache, layer_cross_kv = xs
+                layer = nnx.merge(graphdef, layer_state)  # one layer's slice of the stack
+                x, layer_cache = step(x, layer, layer_cache, layer_cross_kv)
+                return x, (nnx.state(layer), layer_cache)
+
+            x, (layers, new_cache) = jax.lax.scan(scan_step, x, (layers, cache, cross_cache))
+            if not self.dropout.deterministic:  # dropout advanced each layer's rng counter
+                nnx.update(self.layers, layers)
+        else:
+            new_cache = []
+            for i, layer in enumerate(self.layers):
+                x, layer_cache = step(
+                    x,
+                    layer,
+                    None if cache is None else cache[i],
+                    None if cross_cache is None else cross_cache[i],
+                )
+                new_cache.append(layer_cache)
         x = self.dropout(self.final_norm(x))
         return x, (new_cache if cache is not None else None)
+
+    def cross_kv(self, encoded: jax.Array) -> list[KVCache] | KVCache:
+        """Every layer's cross-attention keys/values of the (B, S, D) `encoded` input, projected
+        once for decoding: a list, or one `KVCache` with a leading layer axis when scanned."""
+        if self.scanned:
+            project = nnx.vmap(lambda layer: layer.cross_attn.project_kv(encoded).constrain())
+            return project(self.layers)
+        return [layer.cross_attn.project_kv(encoded).constrain() for layer in self.layers]
+
+
+def stacked_blocks(cfg: ModelConfig, num_layers: int, *, cross_attention: bool, rngs: nnx.Rngs):
+    """`num_layers` Blocks as one, each parameter stacked on a leading axis named `layers`
+    (replicated by the sharding rules), each layer with its own init and dropout keys."""
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, cross_attention=cross_attention, rngs=rngs)
+
+    return create(rngs)
+
+
+def stack_layers(tree: dict, scanned: bool) -> dict:
+    """A pure parameter dict (`nnx.to_pure_dict`) in the other layout: every `layers` entry
+    `{0: block, 1: block, ...}` stacked into one block of (num_layers, ...) arrays
+    (`scanned=True`), or split back (`scanned=False`). Other entries are kept as they are."""
+    out = {}
+    for key, value in tree.items():
+        if key == "layers" and scanned and isinstance(value, dict) and 0 in value:
+            value = jax.tree.map(lambda *xs: jnp.stack(xs), *(value[i] for i in range(len(value))))
+        elif key == "layers" and not scanned and isinstance(value, dict) and 0 not in value:
+            n = len(jax.tree.leaves(value)[0])
+            value = {i: jax.tree.map(lambda x, i=i: x[i], value) for i in range(n)}
+        elif isinstance(value, dict):
+            value = stack_layers(value, scanned)
+        out[key] = value
+    return out

@@ -161,6 +161,23 @@ PLANTS = (
         '            s.update(count=s["count"] + 1)',
         ("tests/test_sources.py::test_resumed_processes_see_the_batches_of_an_uninterrupted_run",),
     ),
+    Plant(
+        "scanned layers are stacked in reverse order",
+        "t5x_lite/transformer.py",
+        "lambda *xs: jnp.stack(xs)",
+        "lambda *xs: jnp.stack(xs[::-1])",
+        (
+            "tests/test_models.py::test_scanned_layers_equal_the_unrolled_stack",
+            "tests/test_hf.py::test_scanned_layers_load_and_round_trip",
+        ),
+    ),
+    Plant(
+        "beam search leaves a scanned cache's rows where they were (each beam's parent ignored)",
+        "t5x_lite/cache.py",
+        "take = (lambda x: x[:, rows]) if self.scanned else (lambda x: x[rows])",
+        "take = (lambda x: x) if self.scanned else (lambda x: x[rows])",
+        ("tests/test_decoding.py::test_beam_search_matches_hugging_face",),
+    ),
 )
 
 
@@ -176,7 +193,7 @@ def copy_repo(dest: Path) -> None:
 
 def pytest(tests, copy: Path) -> int:
     """pytest's exit code for `tests` run from the copy (0 passed, 1 a test failed)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     result = subprocess.run(cmd, cwd=copy, capture_output=True, text=True)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"pytest could not run {tests}:\n{result.stdout[-3000:]}")

@@ -24,7 +24,7 @@ def test_accelerator_benchmark_quick_runs_on_cpu(tmp_path):
     assert "| t5-tiny |" in result.stdout
     report = json.loads(out.read_text())
     tiny = report["presets"]["t5-tiny"]
-    assert {r["remat"] for r in tiny["sweep"]} == {"none", "full"}
+    assert {(r["remat"], r["scan"]) for r in tiny["sweep"]} == {("none", False), ("full", True)}
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in tiny["sweep"])
     assert tiny["best"]["tokens_per_s"] == max(r["tokens_per_s"] for r in tiny["sweep"])
     assert set(tiny["decode_tokens_per_s"]) == {"1", "4"}

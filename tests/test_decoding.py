@@ -153,10 +153,14 @@ def test_empty_prompt_is_an_error():
         decoding.generate(model, jnp.ones((1, 0), jnp.int32), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("seed,length_penalty", [(4, 1.0), (2, 2.0), (4, -0.5)])
-def test_beam_search_matches_hugging_face(tmp_path, seed, length_penalty):
+@pytest.mark.parametrize(
+    "seed,length_penalty,scan_layers",
+    [(4, 1.0, False), (2, 2.0, False), (4, -0.5, False), (2, 2.0, True)],
+)
+def test_beam_search_matches_hugging_face(tmp_path, seed, length_penalty, scan_layers):
     """num_beams=4: the same best beam as HF's beam search, and its score (HF's
-    `sequences_scores`). A small vocabulary makes EOS common, so beams finish early."""
+    `sequences_scores`). A small vocabulary makes EOS common, so beams finish early. Scanned
+    layers keep their caches with a leading layer axis: beams are chosen on the next one."""
     import torch
     from hf_reference import save_random_t5
 
@@ -169,7 +173,7 @@ def test_beam_search_matches_hugging_face(tmp_path, seed, length_penalty):
         tie_word_embeddings=False,
         seed=seed,
     )
-    ours = hf.from_pretrained(tmp_path)
+    ours = hf.from_pretrained(tmp_path, scan_layers=scan_layers)
     ids = np.random.default_rng(1).integers(2, 12, (4, 7))
     mask = np.ones_like(ids)
     mask[2, 4:] = 0

@@ -207,3 +207,18 @@ def test_decoder_only_has_no_hf_form(tmp_path):
 
     with pytest.raises(ValueError, match="no Hugging Face T5 equivalent"):
         hf.save_pretrained(models.build(config.get_preset("decoder-tiny")), tmp_path)
+
+
+def test_scanned_layers_load_and_round_trip(tmp_path):
+    """`scan_layers=True` stacks the checkpoint's blocks under a leading layer axis: the same
+    logits as PyTorch, and `save_pretrained` writes one block per layer again, as HF loads it."""
+    ref = make_hf(tmp_path / "src", **CASES["decoder_layers_differ"])  # 3 encoder, 1 decoder
+    ours = hf.from_pretrained(tmp_path / "src", scan_layers=True)
+    assert ours.encoder.layers.self_attn.q.shape == (3, 32, 4, 8)  # (layers, D, N, H)
+    ids, mask, labels = padded_batch(seed=4)
+    dec = np.asarray(models.shift_right(jnp.asarray(labels)))
+    want = hf_logits(ref, ids, mask, dec)
+    chex.assert_trees_all_close(np.asarray(ours(ids, dec, mask)), want, atol=1e-4, rtol=1e-4)
+    hf.save_pretrained(ours, tmp_path / "out")
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    chex.assert_trees_all_close(hf_logits(reloaded, ids, mask, dec), want, atol=1e-5, rtol=1e-5)

@@ -169,6 +169,12 @@ def test_a_target_that_matches_nothing_lists_the_paths():
         lora.apply(model, lora.LoraConfig(targets=r".*/query"))
 
 
+def test_lora_on_scanned_layers_is_refused_by_name():
+    model = models.build(config.get_preset("t5-tiny", scan_layers=True), seed=0)
+    with pytest.raises(ValueError, match=r"set model.scan_layers=false to train adapters"):
+        lora.apply(model, lora.LoraConfig())
+
+
 @pytest.mark.parametrize(
     "options,key", [({"rank": 0}, "rank"), ({"rank": -2}, "rank"), ({"alpha": 0.0}, "alpha")]
 )

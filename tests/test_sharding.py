@@ -273,6 +273,32 @@ def test_kv_cache_follows_the_rules():
         cache = jax.jit(lambda: model.init_cache(8, 16))()
     want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))
     assert cache.layers[0].k.sharding.is_equivalent_to(want, 4)
+    scanned = models.build(config.get_preset("t5-tiny", scan_layers=True))
+    with rules_lib.activation_sharding(mesh, rules_lib.get_rules("fsdp_tp")):
+        cache = jax.jit(lambda: scanned.init_cache(8, 16))()
+    want = jax.sharding.NamedSharding(mesh, P(None, ("data", "fsdp"), "tensor", None, None))
+    assert cache.layers.k.sharding.is_equivalent_to(want, 5)  # (layers, B, N, L, H)
+
+
+def test_scanned_parameters_add_a_replicated_layers_axis():
+    """With model.scan_layers each block parameter gains a leading `layers` axis of size
+    num_layers, replicated; its other axes shard as the unrolled parameter's do."""
+    cfg = config.get_preset("t5-tiny", scan_layers=True, num_layers=3)
+    params = nnx.state(nnx.eval_shape(lambda: models.build(cfg)), nnx.Param)
+    mesh = mesh_lib.make_mesh(2, 2, 2)
+    shardings = rules_lib.state_shardings(params, mesh, rules_lib.get_rules("fsdp_tp"))
+    stacked = 0
+    for (path, var), (_, sharding) in zip(
+        nnx.to_flat_state(params), nnx.to_flat_state(shardings), strict=True
+    ):
+        names, shape = var.get_metadata()["out_sharding"], var.get_value().shape
+        if "layers" in path:
+            assert names[0] == "layers" and shape[0] == 3, (path, names, shape)
+            assert sharding.spec == P(None, *EXPECTED_SPECS[names[1:]][1]), path
+            stacked += 1
+        else:
+            assert sharding.spec == EXPECTED_SPECS[names][1], path
+    assert stacked == 9 + 14  # encoder: attention 4 + 2 norms + 3 mlp; the decoder adds 4 + 1
 
 
 # ----------------------------------------------------------------------------- every preset

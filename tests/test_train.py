@@ -533,3 +533,27 @@ def test_eval_data_is_never_the_training_file_by_accident(tmp_path, caplog):
     missing = spec(**{"data.source": "jsonl", "data.path": tmp_path / "dir"})
     with pytest.raises(FileNotFoundError, match=r"without validation.jsonl .*data.eval_split="):
         data.read_records(missing)
+
+
+def test_a_scanned_run_from_an_unrolled_checkpoint_trains_as_the_unrolled_run(tmp_path):
+    """model.scan_layers on top of model.init_from converts the parameters' layout on reading;
+    the scanned run's losses and parameters are the unrolled run's. Resuming it unrolled (its
+    optimizer state is stacked too) is an error naming both ways forward."""
+    init = checkpoint.save_model(
+        tmp_path / "init", models.build(config_lib.get_preset("t5-tiny"), seed=0)
+    )
+    common = {"model.init_from": str(init), "train.steps": 3, "train.log_every": 1}
+    run_inprocess(tmp_path / "unrolled", **common)
+    run_inprocess(tmp_path / "scanned", **common, **{"model.scan_layers": True})
+    scanned = checkpoint.load_model(tmp_path / "scanned" / "checkpoints")
+    assert scanned.config.scan_layers and scanned.encoder.layers.mlp.wo.kernel.ndim == 3
+    losses = lambda run: [r["loss"] for r in logged(tmp_path / run)]
+    chex.assert_trees_all_close(losses("scanned"), losses("unrolled"), rtol=1e-5)
+    unrolled = models.with_layout(scanned, scan_layers=False)
+    chex.assert_trees_all_close(
+        jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))),
+        _params(tmp_path / "unrolled"),
+        atol=1e-5,  # Adam divides gradient rounding differences by small second moments
+    )
+    with pytest.raises(ValueError, match=r"trained with model.scan_layers=True: resume with"):
+        run_inprocess(tmp_path / "scanned", **common, **{"model.scan_layers": False})
