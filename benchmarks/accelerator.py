@@ -93,7 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = SWEEP
     if args.quick:
-        args.presets, args.batches, args.steps, settings = "t5-tiny", "4", 2, SWEEP[:: len(SWEEP) - 1]
+        args.presets, args.batches, args.steps = "t5-tiny", "4", 2
+        settings = [SWEEP[0], SWEEP[-1]]
         args.inputs_length, args.targets_length, args.new_tokens = 32, 8, 4
         args.decode_batches = "1,4"
 

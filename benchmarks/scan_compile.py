@@ -66,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}; {args.dtype}, batch {args.batch}, ", end="")
     print(f"inputs {args.inputs_length} -> targets {args.targets_length}\n")
-    print("| preset | layers | scan_layers | lower (s) | compile (s) | total (s) | XLA temp (GiB) |")
+    print("| preset | layers | scan_layers | lower (s) | compile (s) | total (s) ", end="")
+    print("| XLA temp (GiB) |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     ratios = {}
     for name in args.presets.split(","):
