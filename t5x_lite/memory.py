@@ -21,17 +21,19 @@ the report also puts the rule of thumb "about 6 x the float32 weights to train w
 beside the exact figure. The activations row assumes `model.remat=none`; XLA's numbers are for
 the configured policy.
 
-    t5x-lite memory --choices ...        # XLA's numbers for each remat policy, side by side
+    t5x-lite memory --choices ...        # XLA's numbers per remat policy and layer layout
     t5x-lite memory --fit 16e9 ...       # the cheapest settings whose step fits 16 GB a device
 
 `fit` tries, cheapest first: the configured mesh, then more of it on `fsdp`; for each, remat
 policies by the compute they add (none, dots_with_no_batch_dims_saveable, dots_saveable,
-full); for each, 1, 2, 4, ... micro-batches (`optim.grad_accum_steps`). The first whose
-compiled step fits is the answer; if none does, the smallest footprint found, said so.
+full); for each, the configured `model.scan_layers`, then the other layout; for each, 1, 2,
+4, ... micro-batches (`optim.grad_accum_steps`). The first whose compiled step fits is the
+answer; if none does, the smallest footprint found, said so.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -162,16 +164,19 @@ def analyze(config: ml_collections.ConfigDict, objective) -> dict:
         "backend": mesh.devices.flat[0].platform,
         "dtype": cfg.dtype,
         "remat": cfg.remat,
+        "scan_layers": cfg.scan_layers,
         "rule_of_thumb_bytes": RULE_OF_THUMB * 4 * count // mesh.size,
     }
 
 
 def with_settings(config: ml_collections.ConfigDict, **settings) -> ml_collections.ConfigDict:
-    """A copy of `config` with `remat`, `micro_batches` and `fsdp` (mesh.fsdp; `mesh.data`
-    takes the rest of the devices) as given."""
+    """A copy of `config` with `remat`, `scan_layers`, `micro_batches` and `fsdp` (mesh.fsdp;
+    `mesh.data` takes the rest of the devices) as given."""
     config = ml_collections.ConfigDict(config.to_dict())
     if "remat" in settings:
         config.model.remat = settings["remat"]
+    if "scan_layers" in settings:
+        config.model.scan_layers = settings["scan_layers"]
     if "micro_batches" in settings:
         config.optim.grad_accum_steps = settings["micro_batches"]
     if "fsdp" in settings:
@@ -180,8 +185,13 @@ def with_settings(config: ml_collections.ConfigDict, **settings) -> ml_collectio
 
 
 def choices(config: ml_collections.ConfigDict, objective) -> list[dict]:
-    """`analyze` under each remat policy (the config's mesh and micro-batches)."""
-    return [analyze(with_settings(config, remat=r), objective) for r in REMAT_POLICIES]
+    """`analyze` under each remat policy, unrolled and scanned (the config's mesh and
+    micro-batches)."""
+    return [
+        analyze(with_settings(config, remat=r, scan_layers=scan), objective)
+        for scan in (False, True)
+        for r in REMAT_POLICIES
+    ]
 
 
 def fit(config: ml_collections.ConfigDict, objective, budget: float) -> dict:
@@ -195,30 +205,32 @@ def fit(config: ml_collections.ConfigDict, objective, budget: float) -> dict:
     micro = [
         m for m in (2**i for i in range(12)) if config.train.batch_size % (m * data_parallel) == 0
     ]
+    scan = bool(config.model.scan_layers)
     tried, best = [], None
-    for fsdp in fsdp_options:
-        for remat in REMAT_ORDER:
-            for m in micro:
-                settings = dict(fsdp=fsdp, remat=remat, micro_batches=m)
-                report = analyze(with_settings(config, **settings), objective)
-                tried.append((settings, report["xla_total_bytes"]))
-                if best is None or report["xla_total_bytes"] < best[1]["xla_total_bytes"]:
-                    best = (settings, report)
-                if report["xla_total_bytes"] <= budget:
-                    return dict(fits=True, settings=settings, report=report, tried=tried)
+    for fsdp, remat, scan_layers, m in itertools.product(
+        fsdp_options, REMAT_ORDER, (scan, not scan), micro
+    ):
+        settings = dict(fsdp=fsdp, remat=remat, scan_layers=scan_layers, micro_batches=m)
+        report = analyze(with_settings(config, **settings), objective)
+        tried.append((settings, report["xla_total_bytes"]))
+        if best is None or report["xla_total_bytes"] < best[1]["xla_total_bytes"]:
+            best = (settings, report)
+        if report["xla_total_bytes"] <= budget:
+            return dict(fits=True, settings=settings, report=report, tried=tried)
     return dict(fits=False, settings=best[0], report=best[1], tried=tried)
 
 
 def format_choices(reports: list[dict]) -> str:
     gib = lambda b: f"{b / 2**30:.3f}"
     lines = [
-        "| model.remat | XLA temporaries (GiB) | XLA total (GiB) | vs none |",
-        "| --- | ---: | ---: | ---: |",
+        "| model.remat | model.scan_layers | XLA temporaries (GiB) | XLA total (GiB) | vs none |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     base = reports[0]["xla_temp_bytes"]
     for r in reports:
         lines.append(
-            f"| {r['remat']} | {gib(r['xla_temp_bytes'])} | {gib(r['xla_total_bytes'])} | "
+            f"| {r['remat']} | {str(r['scan_layers']).lower()} | {gib(r['xla_temp_bytes'])} | "
+            f"{gib(r['xla_total_bytes'])} | "
             f"{r['xla_temp_bytes'] / base - 1:+.0%} |"
         )
     return "\n".join(lines)
@@ -228,6 +240,7 @@ def format_fit(result: dict, budget: float) -> str:
     s, r = result["settings"], result["report"]
     flags = (
         f"--config.mesh.fsdp={s['fsdp']} --config.mesh.data=-1 --config.model.remat={s['remat']} "
+        f"--config.model.scan_layers={str(s['scan_layers']).lower()} "
         f"--config.optim.grad_accum_steps={s['micro_batches']}"
     )
     total = f"{r['xla_total_bytes'] / 2**30:.3f} GiB a device"
@@ -256,7 +269,7 @@ def format_report(r: dict) -> str:
         f"  rule of thumb          {gib(r['rule_of_thumb_bytes'])}  (6 x float32 weights)",
         "",
         f"per device                 XLA on {r['backend']} (compiled train step), "
-        f"model.remat={r['remat']}",
+        f"model.remat={r['remat']}, model.scan_layers={str(r['scan_layers']).lower()}",
         f"  arguments              {gib(r['xla_argument_bytes'])}",
         f"  temporaries            {gib(r['xla_temp_bytes'])}",
         f"  outputs not aliased    {gib(r['xla_output_bytes'] - r['xla_alias_bytes'])}",

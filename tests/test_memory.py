@@ -99,31 +99,36 @@ def test_fsdp_divides_the_state_per_device():
 
 
 def test_fit_takes_the_cheapest_setting_that_fits_and_says_when_none_does(monkeypatch):
-    """`memory.fit` against a stand-in `analyze` whose footprint falls with fsdp, remat and
-    micro-batches: it returns the first fit in cost order (configured mesh, then more fsdp;
-    within, remat none -> full, each with 1, 2, 4, ... micro-batches), or the smallest
-    footprint, said so."""
+    """`memory.fit` against a stand-in `analyze` whose footprint falls with fsdp, remat, scanned
+    layers and micro-batches: it returns the first fit in cost order (configured mesh, then more
+    fsdp; within, remat none -> full, each unrolled (as configured) then scanned, each with 1,
+    2, 4, ... micro-batches), or the smallest footprint, said so."""
     remat_cost = {r: i for i, r in enumerate(memory.REMAT_ORDER)}
     seen = []
 
     def fake_analyze(config, objective):
-        settings = (config.mesh.fsdp, config.model.remat, config.optim.grad_accum_steps)
+        m = config.model
+        settings = (config.mesh.fsdp, m.remat, m.scan_layers, config.optim.grad_accum_steps)
         seen.append(settings)
         micro = config.optim.grad_accum_steps
-        total = 1000 / config.mesh.fsdp + 400 - 100 * remat_cost[config.model.remat] - micro
-        return dict(xla_total_bytes=total, remat=config.model.remat)
+        total = 1000 / config.mesh.fsdp + 400 - 100 * remat_cost[m.remat] - 50 * m.scan_layers
+        total -= micro
+        return dict(xla_total_bytes=total, remat=m.remat, scan_layers=m.scan_layers)
 
     monkeypatch.setattr(memory, "analyze", fake_analyze)
     config = objectives.load_config(None, ["--config.train.batch_size=64"])  # 8 devices
     got = memory.fit(config, None, budget=1099)  # fsdp 1: none 1399, ..., full 1099
-    assert got["fits"] and got["settings"] == dict(fsdp=1, remat="full", micro_batches=1)
-    assert seen[:5] == [(1, "none", m) for m in (1, 2, 4, 8)] + [(1, memory.REMAT_ORDER[1], 1)]
+    want = dict(fsdp=1, remat="full", scan_layers=False, micro_batches=1)
+    assert got["fits"] and got["settings"] == want
+    assert seen[:5] == [(1, "none", False, m) for m in (1, 2, 4, 8)] + [(1, "none", True, 1)]
     seen.clear()
     got = memory.fit(config, None, budget=1)
-    assert not got["fits"] and got["settings"] == dict(fsdp=8, remat="full", micro_batches=8)
-    assert len(seen) == len(set(seen)) == 4 * 4 * 4  # fsdp 1, 2, 4, 8 x remat x micro 1-8
+    want = dict(fsdp=8, remat="full", scan_layers=True, micro_batches=8)
+    assert not got["fits"] and got["settings"] == want
+    assert len(seen) == len(set(seen)) == 4 * 4 * 2 * 4  # fsdp x remat x layout x micro 1-8
     text = memory.format_fit(dict(got, report=dict(got["report"], **_REPORT_KEYS)), 1)
     assert "nothing tried fits" in text and "--config.model.remat=full" in text
+    assert "--config.model.scan_layers=true" in text
 
 
 _REPORT_KEYS = {
