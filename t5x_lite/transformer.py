@@ -159,8 +159,8 @@ class Stack(nnx.Module):
                 return x, (nnx.state(layer), layer_cache)
 
             x, (layers, new_cache) = jax.lax.scan(scan_step, x, (layers, cache, cross_cache))
-            if not self.dropout.deterministic:  # dropout advanced each layer's rng counter
-                nnx.update(self.layers, layers)
+            if not self.dropout.deterministic and self.dropout.rate > 0:
+                nnx.update(self.layers, layers)  # dropout advanced each layer's rng counter
         else:
             new_cache = []
             for i, layer in enumerate(self.layers):

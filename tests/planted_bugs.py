@@ -172,6 +172,13 @@ PLANTS = (
         ),
     ),
     Plant(
+        "model.remat is silently ignored (no jax.checkpoint around the blocks)",
+        "t5x_lite/transformer.py",
+        'if self.remat == "none" or cached:',
+        "if True:",
+        ("tests/test_models.py::test_remat_full_under_scanned_layers_cuts_xla_temporaries",),
+    ),
+    Plant(
         "beam search leaves a scanned cache's rows where they were (each beam's parent ignored)",
         "t5x_lite/cache.py",
         "take = (lambda x: x[:, rows]) if self.scanned else (lambda x: x[rows])",

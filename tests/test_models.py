@@ -302,3 +302,22 @@ def test_scanned_layers_equal_the_unrolled_stack(name):
     chex.assert_trees_all_close(got, want, rtol=1e-5)
     got_grads = transformer.stack_layers(nnx.to_pure_dict(got_grads), scanned=False)
     chex.assert_trees_all_close(got_grads, nnx.to_pure_dict(want_grads), rtol=1e-5, atol=1e-7)
+
+
+def test_remat_full_under_scanned_layers_cuts_xla_temporaries():
+    """With the blocks under a scan, `remat=full` keeps each layer's input only: XLA's temporary
+    memory for the compiled gradient (nothing is run) falls by at least 40% against no remat.
+    (Unrolled, XLA:CPU merges the recomputation back into the forward pass; GPU and TPU do not.)"""
+
+    def temp_bytes(remat):
+        cfg = config.get_preset("t5-tiny", remat=remat, scan_layers=True, num_layers=4)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
+        x = jax.ShapeDtypeStruct((8, 128), jnp.int32)
+
+        def grads(state, x):
+            loss = lambda m: jnp.mean(jax.nn.log_softmax(m(x, x))[..., 5])
+            return nnx.grad(loss)(nnx.merge(graphdef, state))
+
+        return jax.jit(grads).lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes("full") <= 0.6 * temp_bytes("none")
