@@ -10,6 +10,10 @@ over heads:
     out, _ = attn(y, encoded, mask=key_padding_mask(x_valid))        # cross-attention
     out, cache = attn(x1, bias=b, mask=m, cache=cache, cache_index=i)  # a decoding step
 
+The assemblies take their masks from `self_attention_mask` (padding or packed segments),
+`cross_attention_mask` and `causal_inputs` (positions and mask of a causal stack, with or
+without a decoding cache).
+
 Products are `jnp.einsum`s on operands cast by Flax's `promote_dtype` (see `layers`). Inside,
 heads come before positions, as in Hugging Face's caches.
 
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite import xla_cpu
-from t5x_lite.cache import KVCache
+from t5x_lite.cache import DecodingCache, KVCache
 from t5x_lite.layers import LoRA, normal, param, product
 
 # Large finite negative: a fully masked row stays finite (uniform) instead of NaN.
@@ -86,6 +90,47 @@ def dot_product_attention(
     if dropout is not None:
         weights = dropout(weights)
     return jnp.einsum("BNTS,BNSH->BNTH", weights, v)
+
+
+def self_attention_mask(valid: jax.Array | None, segment_ids: jax.Array | None):
+    """Key-padding or packed-segment mask, or None when every token is real."""
+    if segment_ids is not None:
+        return segment_mask(segment_ids, segment_ids)
+    return None if valid is None else key_padding_mask(valid)
+
+
+def cross_attention_mask(encoder_valid, segment_ids, decoder_segment_ids):
+    if segment_ids is not None and decoder_segment_ids is not None:
+        return segment_mask(decoder_segment_ids, segment_ids)
+    if segment_ids is not None:
+        return key_padding_mask(segment_ids != 0)
+    return None if encoder_valid is None else key_padding_mask(encoder_valid)
+
+
+def causal_inputs(length: int, key_valid, segment_ids, prefix, cache: DecodingCache | None):
+    """(query positions, key positions, mask) for a causal stack over `length` new tokens.
+
+    Without a cache: positions 0..T-1, causal (+ prefix-LM) and padding or segment masks. With a
+    cache: the new tokens sit at `cache.index` onwards, keys are every cache position, and
+    `key_valid` (B, L) masks positions.
+    """
+    if cache is None:
+        positions = jnp.arange(length)
+        causal = causal_mask(positions, positions)
+        if prefix is not None:  # prefix tokens attend bidirectionally among themselves
+            causal = jnp.logical_or(causal, prefix_mask(prefix))
+        return (
+            positions,
+            positions,
+            combine_masks(causal, self_attention_mask(key_valid, segment_ids)),
+        )
+    query_positions = cache.index + jnp.arange(length)
+    key_positions = jnp.arange(cache.max_length)
+    mask = combine_masks(
+        causal_mask(query_positions, key_positions),
+        None if key_valid is None else key_padding_mask(key_valid),
+    )
+    return query_positions, key_positions, mask
 
 
 class MultiHeadAttention(nnx.Module):

@@ -23,13 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.attention import (
-    causal_mask,
-    combine_masks,
-    key_padding_mask,
-    prefix_mask,
-    segment_mask,
-)
+from t5x_lite.attention import causal_inputs, cross_attention_mask, self_attention_mask
 from t5x_lite.cache import DecodingCache, KVCache
 from t5x_lite.config import ModelConfig
 from t5x_lite.layers import Dense, Embed, SoftPrompt
@@ -46,53 +40,12 @@ def shift_right(labels: jax.Array, decoder_start_token_id: int = 0, pad_id: int 
     return jnp.where(shifted == -100, pad_id, shifted)
 
 
-def _self_attention_mask(valid: jax.Array | None, segment_ids: jax.Array | None):
-    """Key-padding or packed-segment mask, or None when every token is real."""
-    if segment_ids is not None:
-        return segment_mask(segment_ids, segment_ids)
-    return None if valid is None else key_padding_mask(valid)
-
-
-def _cross_attention_mask(encoder_valid, segment_ids, decoder_segment_ids):
-    if segment_ids is not None and decoder_segment_ids is not None:
-        return segment_mask(decoder_segment_ids, segment_ids)
-    if segment_ids is not None:
-        return key_padding_mask(segment_ids != 0)
-    return None if encoder_valid is None else key_padding_mask(encoder_valid)
-
-
-def _causal_inputs(length: int, key_valid, segment_ids, prefix, cache: DecodingCache | None):
-    """(query positions, key positions, mask) for a causal stack over `length` new tokens.
-
-    Without a cache: positions 0..T-1, causal (+ prefix-LM) and padding or segment masks. With a
-    cache: the new tokens sit at `cache.index` onwards, keys are every cache position, and
-    `key_valid` (B, L) masks positions.
-    """
-    if cache is None:
-        positions = jnp.arange(length)
-        causal = causal_mask(positions, positions)
-        if prefix is not None:  # prefix tokens attend bidirectionally among themselves
-            causal = jnp.logical_or(causal, prefix_mask(prefix))
-        return (
-            positions,
-            positions,
-            combine_masks(causal, _self_attention_mask(key_valid, segment_ids)),
-        )
-    query_positions = cache.index + jnp.arange(length)
-    key_positions = jnp.arange(cache.max_length)
-    mask = combine_masks(
-        causal_mask(query_positions, key_positions),
-        None if key_valid is None else key_padding_mask(key_valid),
-    )
-    return query_positions, key_positions, mask
-
-
 def _run_causal(stack, x, key_valid, segment_ids, prefix, cache: DecodingCache | None, **cross):
     """Run a causal `stack` on embeddings x: (hidden, new cache or None). With a cache, the keys
     are masked by `key_valid` if given, else by the cache's own `key_mask`."""
     if cache is not None and key_valid is None:
         key_valid = cache.key_mask
-    q, k, mask = _causal_inputs(x.shape[1], key_valid, segment_ids, prefix, cache)
+    q, k, mask = causal_inputs(x.shape[1], key_valid, segment_ids, prefix, cache)
     if cache is None:
         return stack(x, mask=mask, query_positions=q, key_positions=k, **cross)[0], None
     hidden, layers = stack(
@@ -200,7 +153,7 @@ class _Assembly(nnx.Module):
         positions = jnp.arange(x.shape[1])
         hidden, _ = self.encoder(
             x,
-            mask=_self_attention_mask(attention_mask, segment_ids),
+            mask=self_attention_mask(attention_mask, segment_ids),
             query_positions=positions,
             key_positions=positions,
         )
@@ -273,7 +226,7 @@ class EncoderDecoder(_Assembly):
         None), the features a value head reads."""
         if cache is not None and attention_mask is None:
             attention_mask = cache.cross_mask
-        cross = _cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
+        cross = cross_attention_mask(attention_mask, segment_ids, decoder_segment_ids)
         return _run_causal(
             self.decoder,
             self.shared(decoder_input_ids),

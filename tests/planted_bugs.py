@@ -49,7 +49,7 @@ PLANTS = (
     ),
     Plant(
         "the prefix-LM mask makes the whole sequence bidirectional",
-        "t5x_lite/models.py",
+        "t5x_lite/attention.py",
         "causal = jnp.logical_or(causal, prefix_mask(prefix))",
         "causal = jnp.ones_like(causal)",
         (

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from t5x_lite import attention, models
+from t5x_lite import attention
 from t5x_lite.cache import DecodingCache, KVCache
 
 
@@ -181,7 +181,7 @@ class MaskPropertyTest(chex.TestCase):
         present=st.tuples(st.booleans(), st.booleans(), st.booleans()),
     )
     def test_model_causal_mask_composition(self, valid, segments, prefix, present):
-        """`models._causal_inputs` (no cache): query i sees key j iff (j <= i, or both are in the
+        """`attention.causal_inputs` (no cache): query i sees key j iff (j <= i, or both are in the
         prefix) and key j is valid (padding mask) / in i's segment and not padding (segments,
         which take precedence)."""
         valid, segments, prefix = (
@@ -218,11 +218,11 @@ def _combine_three(a, b, c):
 
 
 def _causal_without_cache(valid, segments, prefix):
-    return models._causal_inputs(T, valid, segments, prefix, None)
+    return attention.causal_inputs(T, valid, segments, prefix, None)
 
 
 def _causal_with_cache(new, valid, cache):
-    return models._causal_inputs(new, valid, None, None, cache)
+    return attention.causal_inputs(new, valid, None, None, cache)
 
 
 def _numpy_attention(q, k, v, bias, mask):

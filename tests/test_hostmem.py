@@ -3,7 +3,7 @@
 Each case runs in a fresh process (malloc settings are process-wide and take effect only
 before the threads that allocate start): a jitted function whose temporaries (a cumulative
 sum) are at least 64 MiB runs in rounds of three calls, and the process counts its minor page
-faults per call in its best round (the heap may take a round or two to grow to the program's
+faults per call in its best of ten rounds (the heap may take a round or two to grow to the program's
 needs). Without the settings glibc serves such blocks with mmap and unmaps them on free, so
 every run faults in at least those 16,384 pages again.
 """
@@ -22,7 +22,7 @@ import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.cumsum(x * 2.0).sum())
 x = jnp.ones({_PAGES * 1024}, jnp.float32)
 rounds = []
-for _ in range(5):
+for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
         f(x).block_until_ready()
