@@ -364,3 +364,35 @@ def write_results(rows: Sequence[Mapping[str, Any]], out_dir) -> tuple[Path, Pat
     ]
     (out_dir / "predictions.jsonl").write_text("".join(lines), encoding="utf-8")
     return markdown, jsonl
+
+
+def eval_command(args, model, tok) -> None:
+    """`t5x-lite eval`: one Markdown row of generation scores for `model` (and `args.adapter`);
+    a training workdir's template and fields are the defaults."""
+    from t5x_lite import adapters, conversion
+
+    if args.adapter:
+        model = adapters.load(model, args.adapter)
+    trained = {}
+    workdir = conversion.workdir_of(args.model)
+    if workdir is not None:
+        trained = json.loads((workdir / "config.json").read_text()).get("data", {})
+    template = args.template or trained.get("template") or "summarize"
+    records, _ = load_records(args.data, split=args.split, num_examples=args.num_examples)
+    scores = score_generation(
+        model,
+        tok,
+        records,
+        template=template,
+        input_field=args.input_field or trained.get("input_field", "dialogue"),
+        target_field=args.target_field or trained.get("target_field", "summary"),
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    print("| model | adapter | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | BLEU | examples |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    cells = [f"{scores[k]:.2f}" for k in (*ROUGE_TYPES, "bleu")]
+    print(
+        f"| {args.model} | {args.adapter or '-'} | {' | '.join(cells)} | {scores['num_examples']} |"
+    )

@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         print(icl.format_table(rows))
         print(f"wrote {markdown} and {jsonl}")
     elif args.command == "eval":
-        _eval(args)
+        from t5x_lite import icl
+
+        icl.eval_command(args, *_load_model(args))
     elif args.command == "reward":
         from rlhf import reward_model
         from t5x_lite import run_config
@@ -466,38 +468,6 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
         print(f"wrote {path}")
     return 0
-
-
-def _eval(args) -> None:
-    """`t5x-lite eval`: one Markdown row of generation scores for a model (and adapter)."""
-    from t5x_lite import adapters, conversion, icl
-
-    model, tok = _load_model(args)
-    if args.adapter:
-        model = adapters.load(model, args.adapter)
-    trained = {}
-    workdir = conversion.workdir_of(args.model)
-    if workdir is not None:
-        trained = json.loads((workdir / "config.json").read_text()).get("data", {})
-    template = args.template or trained.get("template") or "summarize"
-    records, _ = icl.load_records(args.data, split=args.split, num_examples=args.num_examples)
-    scores = icl.score_generation(
-        model,
-        tok,
-        records,
-        template=template,
-        input_field=args.input_field or trained.get("input_field", "dialogue"),
-        target_field=args.target_field or trained.get("target_field", "summary"),
-        max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
-    print("| model | adapter | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | BLEU | examples |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    cells = [f"{scores[k]:.2f}" for k in (*icl.ROUGE_TYPES, "bleu")]
-    print(
-        f"| {args.model} | {args.adapter or '-'} | {' | '.join(cells)} | {scores['num_examples']} |"
-    )
 
 
 # Where our code lives: an error raised here is bad input we have explained in its message.
