@@ -19,7 +19,8 @@ several phrasings per turn; the reference summary is filled from the same slots,
 number and name in a summary also occurs in its dialogue and summarisation is learnable.
 The scenes, word lists and phrases are data: ``assets/corpus/*.json``, whose format
 ``assets/corpus/README.md`` describes and `t5x_lite.scenes` reads.
-`t5x_lite.tokenizer.train_embedded` retrains the shipped tokenizer on the corpus.
+`train_tokenizer` retrains the shipped tokenizer on the corpus (`t5x-lite tokenizer
+train-embedded`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import random
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,22 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: PathLike) -> Path:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def train_tokenizer(out_dir=None, *, vocab_size: int = 924, seed: int = 0):
+    """Train the embedded corpus's tokenizer on its ``train`` split and save it to ``out_dir``
+    (default: the shipped one, ``DEFAULT_TOKENIZER_DIR``); returns it loaded.
+
+    Texts are the dialogues, summaries and toxic summaries of ``splits(seed)``.
+    ``vocab_size`` counts SentencePiece pieces; the 100 sentinels come on top, so the default
+    gives 1024 ids, the ``t5-tiny`` preset's vocabulary. The same corpus gives the same bytes.
+    """
+    from t5x_lite import tokenizer
+
+    fields = ["dialogue", "summary", "toxic_summary"]
+    # `train` needs every field in every record; empty texts are skipped there.
+    rows = [{k: r.get(k, "") for k in fields} for r in splits(seed)["train"]]
+    out_dir = DEFAULT_TOKENIZER_DIR if out_dir is None else out_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_jsonl(rows, Path(tmp) / "train.jsonl")
+        return tokenizer.train(path, out_dir, vocab_size=vocab_size, field=fields, seed=seed)

@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.tokenizer_command == "train-embedded":
             out = args.out or corpus.DEFAULT_TOKENIZER_DIR
-            tok = tokenizer.train_embedded(out)
+            tok = corpus.train_tokenizer(out)
         else:
             out = args.out
             tok = tokenizer.train(

@@ -7,7 +7,7 @@ Face T5 layout (``spiece.model`` + ``tokenizer_config.json``), so ``transformers
     tok = load("path/to/spiece.model")             # or a directory holding spiece.model
     ids = tok.encode("Thank you <extra_id_0> me")  # ends with EOS (id 1)
     tok = train("data.jsonl", "out/tok", vocab_size=8000, field=["dialogue", "summary"])
-    tok = train_embedded("out/tok")  # the shipped tokenizer, retrained on the embedded corpus
+    tok = corpus.train_tokenizer("out/tok")   # the shipped one, retrained on the embedded corpus
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -492,27 +491,6 @@ def train(
     tok = Tokenizer(sp, model_max_length=model_max_length, source=str(input_path))
     out = tok.save(out_dir)
     return load(out)
-
-
-def train_embedded(
-    out_dir: PathLike | None = None, *, vocab_size: int = 924, seed: int = 0
-) -> Tokenizer:
-    """Train the embedded corpus's tokenizer on its ``train`` split and save it to ``out_dir``
-    (default: the shipped one, ``t5x_lite.corpus.DEFAULT_TOKENIZER_DIR``); returns it loaded.
-
-    Texts are the dialogues, summaries and toxic summaries of ``corpus.splits(seed)``.
-    ``vocab_size`` counts SentencePiece pieces; the 100 sentinels come on top, so the default
-    gives 1024 ids, the ``t5-tiny`` preset's vocabulary. The same corpus gives the same bytes.
-    """
-    from t5x_lite import corpus
-
-    fields = ["dialogue", "summary", "toxic_summary"]
-    # `train` needs every field in every record; empty texts are skipped there.
-    rows = [{k: r.get(k, "") for k in fields} for r in corpus.splits(seed)["train"]]
-    out_dir = corpus.DEFAULT_TOKENIZER_DIR if out_dir is None else out_dir
-    with tempfile.TemporaryDirectory() as tmp:
-        path = corpus.write_jsonl(rows, Path(tmp) / "train.jsonl")
-        return train(path, out_dir, vocab_size=vocab_size, field=fields, seed=seed)
 
 
 class _BytesSink:

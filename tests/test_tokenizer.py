@@ -435,7 +435,7 @@ SHIPPED_FILES = ("spiece.model", "tokenizer_config.json", "special_tokens_map.js
 def test_train_embedded_gives_the_shipped_tokenizer(tmp_path):
     """Retraining on the embedded corpus gives the shipped bytes; fails when the corpus data
     changes without `t5x-lite tokenizer train-embedded`."""
-    tok = tk.train_embedded(tmp_path)
+    tok = corpus.train_tokenizer(tmp_path)
     assert (tok.sp_vocab_size, tok.vocab_size) == (924, 1024)
     for name in SHIPPED_FILES:
         shipped = (corpus.DEFAULT_TOKENIZER_DIR / name).read_bytes()
